@@ -1,0 +1,168 @@
+"""``prunelab`` command line.
+
+    prunelab train CONFIG [--scale S] [--set key=value ...] [--out DIR] [--resume | --force]
+    prunelab prune CONFIG [same options]          pretrain -> learn -> hard-prune -> fine-tune
+    prunelab eval RUN                             test accuracy of a run's final weights
+    prunelab info RUN                             config, progress and results of a run
+    prunelab count MODEL [--set k=v] [--structure plan.json] [--residual mixed|regular] [--count-pool]
+    prunelab compact RUN [--out DIR]              write the compact model and its plan
+    prunelab list [models|methods|configs]
+
+Bad input (unknown names, invalid numbers, missing data, incompatible checkpoints) prints one line
+and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import PrunelabError
+
+
+def _add_run_args(p):
+    p.add_argument("config", help="config file, or the name of a bundled config (prunelab list configs)")
+    p.add_argument("--scale", choices=("ci", "cpu", "paper"), help="scale block to apply (default: $PRUNELAB_SCALE or the file's)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.epochs=30 (repeatable)")
+    p.add_argument("--out", help="run directory (default runs/<name>-<scale>)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    g.add_argument("--force", action="store_true", help="move an existing run in --out aside and start over")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="prunelab", description="Structured pruning research: train, prune, count, compact.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("train", help="train a dense model from a config")
+    _add_run_args(p)
+    p = sub.add_parser("prune", help="run a pruning pipeline (pretrain, learn, prune, fine-tune)")
+    _add_run_args(p)
+    p = sub.add_parser("eval", help="evaluate a run's final model on the test set")
+    p.add_argument("run")
+    p = sub.add_parser("info", help="summarise a run directory")
+    p.add_argument("run")
+    p = sub.add_parser("count", help="MACs, FLOPs, params and activation volume of a model")
+    p.add_argument("model")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="ARG=VALUE", help="model argument")
+    p.add_argument("--structure", help="plan.json of a pruned structure")
+    p.add_argument("--residual", choices=("mixed", "regular"), default="mixed")
+    p.add_argument("--count-pool", action="store_true", help="count average-pool modules (PFS)")
+    p.add_argument("--per-layer", action="store_true", help="print the per-op breakdown")
+    p = sub.add_parser("compact", help="write the physically pruned model of a pruning run")
+    p.add_argument("run")
+    p.add_argument("--out", help="folder for plan.json and weights (default RUN/compact)")
+    p = sub.add_parser("list", help="list models, methods or bundled configs")
+    p.add_argument("what", nargs="?", choices=("models", "methods", "configs"), default="models")
+    return ap
+
+
+def _scale(args):
+    from .config import default_scale
+
+    return args.scale or default_scale()
+
+
+def cmd_train(args) -> int:
+    from .config import load_config
+    from .train.run import train
+
+    cfg = load_config(args.config, _scale(args), args.sets)
+    res = train(cfg, args.out, resume=args.resume, force=args.force)
+    f = res["final"]
+    print(f"{cfg.name} ({cfg.scale}): test accuracy {100 * f.get('test_acc', float('nan')):.2f}% after "
+          f"{res['epochs']} epochs, {res['wall_time_s'] / 60:.1f} min; {res['macs'] / 1e6:.2f} M MACs")
+    return 0
+
+
+def cmd_prune(args) -> int:
+    from .config import load_config
+    from .pruning.pipeline import run_pipeline
+
+    cfg = load_config(args.config, _scale(args), args.sets)
+    res = run_pipeline(cfg, args.out, resume=args.resume, force=args.force)
+    print(res["summary"])
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .analysis.runs import evaluate_run
+
+    r = evaluate_run(args.run)
+    print(f"{args.run}: test accuracy {100 * r['acc']:.2f}% (loss {r['loss']:.4f}) on {r['n']} images; "
+          f"{r['macs'] / 1e6:.2f} M MACs")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .analysis.runs import run_info
+
+    print(run_info(args.run))
+    return 0
+
+
+def cmd_count(args) -> int:
+    from . import models
+    from .config import parse_set
+    from .counting import count
+
+    kwargs = parse_set(args.sets)
+    model = models.create(args.model, **kwargs)
+    structure = None
+    if args.structure:
+        from .pruning.structure import Structure
+
+        structure = Structure.load(args.structure)
+        structure.check(models.describe(model))
+    c = count(model, structure, residual=args.residual, count_pool=args.count_pool)
+    print(f"{args.model}{' ' + json.dumps(kwargs) if kwargs else ''}: {c}")
+    if args.per_layer:
+        for r in c.per_op:
+            print(f"  {r['name']:<32} {r['kind']:<6} {r['n_in']:>5} -> {r['n_out']:<5} {r['macs'] / 1e6:>9.3f} M MACs")
+    return 0
+
+
+def cmd_compact(args) -> int:
+    from .pruning.pipeline import compact_run
+
+    out = compact_run(args.run, args.out)
+    print(f"compact model written to {out}")
+    return 0
+
+
+def cmd_list(args) -> int:
+    if args.what == "models":
+        from .models import list_models
+
+        print("\n".join(list_models()))
+    elif args.what == "methods":
+        from .methods import list_methods
+
+        print("\n".join(list_methods()))
+    else:
+        from .config import CONFIG_DIR
+
+        print("\n".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "prune": cmd_prune, "eval": cmd_eval, "info": cmd_info, "count": cmd_count,
+            "compact": cmd_compact, "list": cmd_list}
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.cmd](args)
+    except PrunelabError as e:
+        print(f"prunelab: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("prunelab: interrupted; continue with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,336 @@
+"""Experiment configuration: typed sections, YAML files, scales and ``--set`` overrides.
+
+A config file is YAML with the sections below. It may carry a ``scales:`` block whose ``ci``, ``cpu``
+and ``paper`` entries override the rest at that scale::
+
+    name: resnet20-dense
+    model: {name: resnet20}
+    train: {epochs: 15}
+    scales:
+      ci: {data: {train_per_class: 20, test_per_class: 10}, train: {epochs: 1}}
+      paper: {train: {epochs: 164}}
+
+Resolution order: defaults < file < ``scales[scale]`` < ``--set key=value`` overrides. Unknown keys
+and out-of-range values raise :class:`~prunelab.errors.ConfigError` naming the key and the fix.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from .errors import ConfigError, suggest
+
+SCALES = ("ci", "cpu", "paper")
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+@dataclass
+class DataConfig:
+    """Dataset and batching."""
+
+    dataset: str = "cifar10"
+    root: str | None = None  # folder with cifar-10-batches-py/ or the JPEG archive; default: search
+    train_per_class: int | None = None  # seeded subset of k images per class (ci scale)
+    test_per_class: int | None = None
+    subset_seed: int = 0
+    holdout: float = 0  # held out of the training set: a count, or a fraction when < 1
+    holdout_seed: int | None = 0  # None: hold out the last samples (PFS's 45k/5k)
+    train_on_holdout: bool = False  # train on the held-out part instead (DDNP's search split)
+    augment: bool = True
+    batch_size: int = 128
+    eval_batch_size: int = 1000
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet20"
+    kwargs: dict = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser of the network weights."""
+
+    name: str = "sgd"  # sgd | adam | adamw
+    lr: float = 0.2
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    betas: tuple = (0.9, 0.999)
+    decay_norm_and_bias: bool = False  # apply weight decay to BN/bias parameters too
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning-rate schedule, applied per step. ``warmup`` is a fraction of all steps (< 1) or a
+    number of epochs (>= 1), ramping linearly from ``warmup_start`` x lr."""
+
+    name: str = "onecycle"  # constant | cosine | multistep | step | onecycle
+    warmup: float = 0.15
+    warmup_start: float = 0.0
+    milestones: list = field(default_factory=list)  # epochs (multistep)
+    step_size: int = 30  # epochs (step)
+    gamma: float = 0.1
+    final_factor: float = 0.0  # lr at the end of cosine/onecycle, as a fraction of the peak
+
+
+@dataclass
+class TrainConfig:
+    """The training loop."""
+
+    epochs: int = 15
+    label_smoothing: float = 0.1
+    grad_clip: float | None = None  # max gradient norm
+    amp: str = "auto"  # auto (bf16/fp16 on CUDA, off on CPU) | off | bf16 | fp16
+    channels_last: bool = True
+    seed: int = 0
+    deterministic: bool = False
+    eval_every: int = 1  # epochs
+    checkpoint_every_steps: int = 0  # extra mid-epoch checkpoints (0: end of epoch only)
+    keep_epochs: list = field(default_factory=list)  # also keep a weights snapshot after these epochs (0 = init)
+    max_steps: int | None = None  # stop early (tests, benchmarks)
+    init_from: str | None = None  # weights to start from: a run dir or a .pt file
+    tensorboard: bool = False
+    progress: bool = True
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int | None = None  # torch CPU threads (default: torch's choice)
+    compile: bool = False  # torch.compile the model (CUDA)
+
+
+@dataclass
+class Config:
+    """A whole experiment. ``method``, ``budget`` and ``stages`` are read by the pruning pipeline."""
+
+    name: str = "run"
+    scale: str = "cpu"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    method: dict = field(default_factory=dict)
+    budget: dict = field(default_factory=dict)
+    stages: dict = field(default_factory=dict)
+    notes: str = ""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------------
+# validation
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key} {msg}")
+
+
+def validate(cfg: Config) -> Config:
+    """Range checks; raise ConfigError with the key and a fix."""
+    from .models import list_models
+
+    _check(cfg.scale in SCALES, "scale", f"must be one of {SCALES}, got {cfg.scale!r}")
+    d, o, s, t = cfg.data, cfg.optim, cfg.schedule, cfg.train
+    _check(d.dataset == "cifar10", "data.dataset", f"must be 'cifar10' (the only dataset so far), got {d.dataset!r}")
+    _check(d.batch_size >= 1, "data.batch_size", f"must be >= 1, got {d.batch_size}")
+    _check(d.eval_batch_size >= 1, "data.eval_batch_size", f"must be >= 1, got {d.eval_batch_size}")
+    for k in ("train_per_class", "test_per_class"):
+        v = getattr(d, k)
+        _check(v is None or 1 <= v <= 5000, f"data.{k}", f"must be between 1 and 5000 (or null), got {v}")
+    _check(d.holdout >= 0, "data.holdout", f"must be >= 0, got {d.holdout}")
+    if cfg.model.name not in list_models():
+        raise ConfigError(f"model.name: unknown model {cfg.model.name!r}.{suggest(cfg.model.name, list_models())} "
+                          f"Valid models: {', '.join(list_models())}")
+    _check(o.name in ("sgd", "adam", "adamw"), "optim.name", f"must be sgd, adam or adamw, got {o.name!r}")
+    _check(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr} (try --set optim.lr=0.1)")
+    _check(0 <= o.momentum < 1, "optim.momentum", f"must be in [0, 1), got {o.momentum}")
+    _check(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}")
+    names = ("constant", "cosine", "multistep", "step", "onecycle")
+    _check(s.name in names, "schedule.name", f"must be one of {names}, got {s.name!r}")
+    _check(s.warmup >= 0, "schedule.warmup", f"must be >= 0, got {s.warmup}")
+    _check(0 <= s.final_factor <= 1, "schedule.final_factor", f"must be in [0, 1], got {s.final_factor}")
+    _check(s.gamma > 0, "schedule.gamma", f"must be > 0, got {s.gamma}")
+    _check(t.epochs >= 1, "train.epochs", f"must be >= 1, got {t.epochs}")
+    _check(0 <= t.label_smoothing < 1, "train.label_smoothing", f"must be in [0, 1), got {t.label_smoothing}")
+    _check(t.grad_clip is None or t.grad_clip > 0, "train.grad_clip", f"must be > 0 or null, got {t.grad_clip}")
+    _check(t.amp in ("auto", "off", "bf16", "fp16"), "train.amp", f"must be auto, off, bf16 or fp16, got {t.amp!r}")
+    _check(t.eval_every >= 1, "train.eval_every", f"must be >= 1, got {t.eval_every}")
+    _check(t.checkpoint_every_steps >= 0, "train.checkpoint_every_steps", f"must be >= 0, got {t.checkpoint_every_steps}")
+    _check(t.max_steps is None or t.max_steps >= 1, "train.max_steps", f"must be >= 1 or null, got {t.max_steps}")
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------------
+# building from dicts
+
+
+def _coerce(value, typ, key):
+    origin = typing.get_origin(typ)
+    args = typing.get_args(typ)
+    if value is None:
+        if typ is type(None) or type(None) in args or typ is typing.Any:
+            return None
+        raise ConfigError(f"{key} must not be null")
+    if origin is typing.Union or (origin is not None and type(None) in args):
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key) if len(inner) == 1 else value
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if typ in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        try:
+            num = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} must be a number, got {value!r}") from None
+        if typ is int:
+            if num != int(num):
+                raise ConfigError(f"{key} must be an integer, got {value!r}")
+            return int(num)
+        return num
+    if typ is str:
+        return str(value)
+    if typ in (list, tuple) or origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return type(value)(value) if typ is list else tuple(value)
+    if typ is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls, data: dict, prefix: str = ""):
+    """Build dataclass ``cls`` from a nested dict, rejecting unknown keys."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    for k in data:
+        if k not in known:
+            raise ConfigError(f"unknown config key {prefix}{k}.{suggest(k, known)} "
+                              f"Valid keys{' of ' + prefix.rstrip('.') if prefix else ''}: {', '.join(known)}")
+    kwargs = {}
+    for name, f in known.items():
+        if name not in data:
+            continue
+        typ = hints[name]
+        if dataclasses.is_dataclass(typ):
+            kwargs[name] = from_dict(typ, data[name] or {}, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(data[name], typ, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """Recursively merge ``over`` into a copy of ``base`` (mappings merge, other values replace)."""
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def parse_set(items) -> dict:
+    """Turn ``["train.lr=0.1", "model.kwargs.width=32"]`` into a nested dict (values parsed as YAML)."""
+    out: dict = {}
+    for item in items or ():
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return out
+
+
+def find_config(ref: str | os.PathLike) -> Path:
+    """A config path, or the name of a bundled config (``prunelab/configs/<name>.yaml``)."""
+    p = Path(ref)
+    if p.is_file():
+        return p
+    bundled = CONFIG_DIR / f"{ref}.yaml"
+    if bundled.is_file():
+        return bundled
+    names = sorted(q.stem for q in CONFIG_DIR.glob("*.yaml"))
+    raise ConfigError(f"config {str(ref)!r} is neither a file nor a bundled config.{suggest(str(ref), names)} "
+                      f"Bundled: {', '.join(names)}")
+
+
+def load_raw(ref) -> dict:
+    path = find_config(ref)
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}".splitlines()[0]) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of config sections")
+    return data
+
+
+def resolve_dict(raw: dict, scale: str | None = None, overrides: dict | None = None) -> dict:
+    """Apply the scale block and overrides to a raw config dict (no validation)."""
+    raw = copy.deepcopy(raw)
+    scales = raw.pop("scales", {}) or {}
+    scale = scale or (overrides or {}).get("scale") or raw.get("scale") or "cpu"
+    if scale not in SCALES:
+        raise ConfigError(f"scale must be one of {SCALES}, got {scale!r}")
+    unknown = set(scales) - set(SCALES)
+    if unknown:
+        raise ConfigError(f"scales block has unknown scale(s) {sorted(unknown)}; valid: {SCALES}")
+    merged = deep_merge(raw, scales.get(scale, {}))
+    merged = deep_merge(merged, overrides or {})
+    merged["scale"] = scale
+    return merged
+
+
+def build(data: dict) -> Config:
+    return validate(from_dict(Config, data))
+
+
+def load_config(ref, scale: str | None = None, sets=None) -> Config:
+    """Load a config file (or bundled name), apply its scale block and ``--set`` overrides, validate."""
+    return build(resolve_dict(load_raw(ref), scale, parse_set(sets)))
+
+
+def default_scale() -> str:
+    """``$PRUNELAB_SCALE`` if set, else ``cpu``."""
+    s = os.environ.get("PRUNELAB_SCALE", "cpu")
+    if s not in SCALES:
+        raise ConfigError(f"PRUNELAB_SCALE must be one of {SCALES}, got {s!r}")
+    return s
+
+
+def dump_yaml(cfg: Config | dict) -> str:
+    d = cfg.to_dict() if isinstance(cfg, Config) else cfg
+    return yaml.safe_dump(_plain(d), sort_keys=False)
+
+
+def _plain(obj):
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj

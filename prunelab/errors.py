@@ -1,0 +1,48 @@
+"""Exceptions that the CLI turns into one clear line (and exit code 2).
+
+Every error raised on bad user input derives from :class:`PrunelabError`; its message names the
+problem and, where there is one, the fix. Tracebacks are reserved for bugs.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+
+class PrunelabError(Exception):
+    """Base class for user-facing errors (bad config, missing data, incompatible checkpoint...)."""
+
+
+class ConfigError(PrunelabError, ValueError):
+    """A configuration value or key is invalid."""
+
+
+class DataError(PrunelabError):
+    """A dataset is missing, corrupt or at an unexpected place."""
+
+
+class CheckpointError(PrunelabError):
+    """A checkpoint is missing, corrupt or belongs to another model/config."""
+
+
+class RunDirError(PrunelabError):
+    """A run directory cannot be used (exists, locked by another process, ...)."""
+
+
+class UnknownNameError(PrunelabError, KeyError):
+    """An unknown registry name (model, method, schedule...)."""
+
+    def __init__(self, kind: str, name: str, valid):
+        valid = sorted(valid)
+        close = difflib.get_close_matches(str(name), valid, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        super().__init__(f"unknown {kind} {name!r}.{hint} Valid {kind}s: {', '.join(valid)}")
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return str(self.args[0])
+
+
+def suggest(name: str, valid) -> str:
+    """Return ' Did you mean X?' for the closest valid name, or ''."""
+    close = difflib.get_close_matches(str(name), sorted(valid), n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""

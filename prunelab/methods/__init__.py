@@ -1,0 +1,53 @@
+"""Pruning methods behind a registry: ``register``, ``list_methods()``, ``get(name)``, ``create``.
+
+>>> from prunelab import methods
+>>> methods.list_methods()
+>>> m = methods.create("l1", mode="global")
+"""
+
+from __future__ import annotations
+
+from ..errors import ConfigError, UnknownNameError
+from .base import Method
+
+_METHODS: dict[str, type] = {}
+
+
+def register(name: str):
+    """Class decorator making a :class:`Method` subclass available by ``name``."""
+
+    def wrap(cls):
+        if name in _METHODS:
+            raise ValueError(f"method {name!r} registered twice")
+        cls.name = name
+        _METHODS[name] = cls
+        return cls
+
+    return wrap
+
+
+def list_methods() -> list[str]:
+    return sorted(_METHODS)
+
+
+def get(name: str) -> type:
+    if name not in _METHODS:
+        raise UnknownNameError("method", name, _METHODS)
+    return _METHODS[name]
+
+
+def create(name: str, **options) -> Method:
+    return get(name)(**options)
+
+
+def from_config(method_cfg: dict) -> Method:
+    """Build the method of a config's ``method:`` section (``name`` plus options)."""
+    if not method_cfg or "name" not in method_cfg:
+        raise ConfigError(f"the config needs a method section with a name; methods: {', '.join(list_methods())}")
+    opts = dict(method_cfg)
+    return create(opts.pop("name"), **opts)
+
+
+from . import l1, lzr, random, slimming  # noqa: E402,F401  (registration)
+
+__all__ = ["Method", "register", "list_methods", "get", "create", "from_config"]

@@ -1,0 +1,7 @@
+"""Model zoo behind a registry. Every model describes its prunable channels (:mod:`.spec`)."""
+
+from . import bar_wrn, mobilenet, resnet_cifar, resnet_imagenet, vgg  # noqa: F401  (registration)
+from .registry import create, describe, get_entry, list_models, register_model
+from .spec import GatedTensor, ModelSpec, Op
+
+__all__ = ["create", "describe", "get_entry", "list_models", "register_model", "GatedTensor", "ModelSpec", "Op"]

@@ -1,0 +1,258 @@
+"""Budgets and the solver that turns per-channel scores into a structure meeting one.
+
+A :class:`Budget` names a metric (``macs``, ``flops``, ``params``, ``volume`` or ``channels``) and a
+target given as a remaining fraction (``keep``), a ``reduction`` (1 - keep) or a ``factor`` (1/keep),
+relative to the dense model (or to an explicit ``reference`` cost, e.g. PFS's unexpanded network).
+
+:func:`solve_budget` ranks all channels globally by score (ties broken by layer then channel index),
+keeps at least ``min_channels`` per layer, bisects the number of channels kept to the largest count
+whose cost stays within the target, then refines channel by channel down the ranking while the cost
+still fits. ``mode="uniform"`` keeps the same fraction of every layer instead. Coupled tensors
+(``groups``: e.g. the contributors of a residual trunk) share one mask, scored by the sum of their
+members' scores. The achieved value is always reported next to the target.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..counting import count
+from ..errors import ConfigError
+from ..models.spec import ModelSpec
+from .structure import Structure
+
+METRICS = ("macs", "flops", "params", "volume", "channels")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A resource target: ``metric`` kept at ``keep`` x the reference (keep = 1 - reduction = 1/factor)."""
+
+    metric: str
+    keep: float
+
+    @classmethod
+    def parse(cls, spec) -> "Budget":
+        """From ``{"metric": "macs", "keep": 0.5}`` (or ``"reduction": 0.5`` or ``"factor": 2``)."""
+        if isinstance(spec, Budget):
+            return spec
+        if not isinstance(spec, dict):
+            raise ConfigError(f"budget must be a mapping like {{metric: macs, keep: 0.5}}, got {spec!r}")
+        metric = spec.get("metric", "macs")
+        if metric not in METRICS:
+            raise ConfigError(f"budget.metric must be one of {METRICS}, got {metric!r}")
+        given = [k for k in ("keep", "reduction", "factor") if spec.get(k) is not None]
+        unknown = set(spec) - {"metric", "keep", "reduction", "factor", "mode", "reference"}
+        if unknown:
+            raise ConfigError(f"unknown budget key(s) {sorted(unknown)}; valid: metric, keep, reduction, factor")
+        if len(given) != 1:
+            raise ConfigError("budget needs exactly one of keep (remaining fraction), reduction or factor")
+        k = given[0]
+        try:
+            v = float(spec[k])
+        except (TypeError, ValueError):
+            raise ConfigError(f"budget.{k} must be a number, got {spec[k]!r}") from None
+        if k == "keep" and not 0 < v <= 1:
+            raise ConfigError(f"budget.keep must be in (0, 1], got {v} (0.5 keeps half)")
+        if k == "reduction" and not 0 <= v < 1:
+            raise ConfigError(f"budget.reduction must be in [0, 1), got {v} (0.5 removes half)")
+        if k == "factor" and not v >= 1:
+            raise ConfigError(f"budget.factor must be >= 1, got {v} (2 halves the cost)")
+        keep = v if k == "keep" else (1 - v if k == "reduction" else 1 / v)
+        return cls(metric, keep)
+
+    @property
+    def factor(self) -> float:
+        return 1 / self.keep
+
+    @property
+    def reduction(self) -> float:
+        return 1 - self.keep
+
+    def describe(self) -> str:
+        return f"{self.metric} x{self.keep:.4g} (factor {self.factor:.3g}, reduction {100 * self.reduction:.1f}%)"
+
+
+def measure(spec: ModelSpec, structure_or_alive, metric: str, *, residual="mixed", count_pool=False,
+            scored=None) -> float:
+    """The value of one budget metric for a structure."""
+    if metric == "channels":
+        alive = getattr(structure_or_alive, "alive", structure_or_alive) or {}
+        names = scored or [t.name for t in spec.tensors]
+        return float(sum(len(alive[n]) if n in alive else spec.tensor(n).channels for n in names))
+    c = count(spec, structure_or_alive, residual=residual, count_pool=count_pool)
+    return float({"macs": c.macs, "flops": c.flops, "params": c.params, "volume": c.volume}[metric])
+
+
+class _Units:
+    """Selection units: single tensors, or groups of tensors sharing one mask."""
+
+    def __init__(self, spec: ModelSpec, scores: dict, groups):
+        grouped = set()
+        self.members: list[list[str]] = []
+        self.scores: list[np.ndarray] = []
+        for g in groups or ():
+            g = [n for n in g if n in scores]
+            if not g:
+                continue
+            widths = {spec.tensor(n).channels for n in g}
+            if len(widths) != 1:
+                raise ValueError(f"grouped tensors must have equal widths: {g}")
+            self.members.append(g)
+            self.scores.append(np.sum([np.asarray(scores[n], dtype=np.float64) for n in g], axis=0))
+            grouped |= set(g)
+        for t in spec.tensors:  # spec order keeps tie-breaking deterministic
+            if t.name in scores and t.name not in grouped:
+                s = np.asarray(scores[t.name], dtype=np.float64)
+                if s.shape != (t.channels,):
+                    raise ValueError(f"scores of {t.name} have shape {s.shape}, expected ({t.channels},)")
+                self.members.append([t.name])
+                self.scores.append(s)
+        self.sizes = np.array([len(s) for s in self.scores])
+        # global order: score descending, then unit (layer) index, then channel index
+        unit = np.concatenate([np.full(n, i) for i, n in enumerate(self.sizes)])
+        chan = np.concatenate([np.arange(n) for n in self.sizes])
+        allscores = np.concatenate(self.scores)
+        self.order = np.lexsort((chan, unit, -allscores))
+        self.unit_of, self.chan_of, self.all_scores = unit, chan, allscores
+        # each unit's own ranking (for minimum channels and uniform mode)
+        self.rank_in_unit = [np.lexsort((np.arange(len(s)), -s)) for s in self.scores]
+
+    def alive(self, keep_sets: list[np.ndarray]) -> dict:
+        out = {}
+        for members, k in zip(self.members, keep_sets):
+            for n in members:
+                out[n] = np.sort(k)
+        return out
+
+
+def solve_budget(spec: ModelSpec, scores: dict, budget: Budget | dict, *, mode: str = "global", groups=None,
+                 min_channels: int = 1, residual: str = "mixed", count_pool: bool = False,
+                 reference: float | None = None, refine: bool = True, model_kwargs=None,
+                 tolerance: float = 0.005) -> tuple[Structure, dict]:
+    """Choose the channels to keep so that ``budget`` is met.
+
+    Args:
+        spec: the dense model's spec.
+        scores: ``{tensor name: (C,) scores}``; higher is more important. Tensors without scores are
+            not pruned.
+        budget: a :class:`Budget` or its dict form.
+        mode: ``"global"`` (one ranking over all channels) or ``"uniform"`` (same fraction per layer).
+        groups: lists of tensor names that share one mask.
+        min_channels: channels every scored tensor keeps at least.
+        residual, count_pool: counter flags (see :func:`prunelab.counting.count`).
+        reference: the value the budget is relative to (default: the dense model's).
+        refine: after bisection, add lower-ranked channels one by one while the cost fits.
+        tolerance: relative distance to the target reported as met.
+
+    Returns:
+        ``(structure, report)``; the report holds the target, the achieved value and their ratio.
+    """
+    budget = Budget.parse(budget)
+    if mode not in ("global", "uniform"):
+        raise ConfigError(f"budget mode must be 'global' or 'uniform', got {mode!r}")
+    units = _Units(spec, scores, groups)
+    if not units.members:
+        raise ConfigError("no scored tensors: nothing to prune")
+    scored = [n for m in units.members for n in m]
+    kw = dict(residual=residual, count_pool=count_pool, scored=scored)
+    metric = "macs" if budget.metric == "flops" else budget.metric  # flops = 2 x macs: same ratio
+    ref = reference if reference is not None else measure(spec, {}, metric, **kw)
+    if reference is not None and budget.metric == "flops":
+        ref = reference / 2
+    target = budget.keep * ref
+    sizes = units.sizes
+    mins = np.minimum(sizes, max(0, int(min_channels)))
+
+    def keep_sets_global(k: int):
+
+        keep = [list(units.rank_in_unit[u][:mins[u]]) for u in range(len(sizes))]
+        forced = {(u, c) for u in range(len(sizes)) for c in keep[u]}
+        taken = sum(len(x) for x in keep)
+        for j in units.order:
+            if taken >= k:
+                break
+            u, c = units.unit_of[j], units.chan_of[j]
+            if (u, c) in forced:
+                continue
+            keep[u].append(c)
+            taken += 1
+        return [np.array(x, dtype=np.int64) for x in keep]
+
+    def keep_sets_uniform(ratio: float):
+        return [units.rank_in_unit[u][:max(mins[u], min(sizes[u], int(math.ceil(ratio * sizes[u] - 1e-9))))]
+                for u in range(len(sizes))]
+
+    def cost_of(keep):
+        return measure(spec, units.alive(keep), metric, **kw)
+
+    iterations = 0
+    if mode == "global":
+        lo, hi = int(mins.sum()), int(sizes.sum())
+        if cost_of(keep_sets_global(lo)) > target:
+            best = keep_sets_global(lo)
+        else:
+            while lo < hi:  # largest k whose cost fits
+                mid = (lo + hi + 1) // 2
+                iterations += 1
+                if cost_of(keep_sets_global(mid)) <= target:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            best = keep_sets_global(lo)
+            if refine:
+                best = _refine(units, best, cost_of, target)
+    else:
+        lo, hi = 0.0, 1.0
+        if cost_of(keep_sets_uniform(0.0)) > target:
+            best = keep_sets_uniform(0.0)
+        else:
+            for _ in range(40):
+                mid = (lo + hi) / 2
+                iterations += 1
+                if cost_of(keep_sets_uniform(mid)) <= target:
+                    lo = mid
+                else:
+                    hi = mid
+            best = keep_sets_uniform(lo)
+    alive = units.alive(best)
+    achieved = cost_of(best)
+    kept_scores = np.concatenate([units.scores[u][best[u]] for u in range(len(sizes))])
+    report = {
+        "metric": budget.metric, "mode": mode, "target_keep": budget.keep, "target_factor": budget.factor,
+        "reference": ref * (2 if budget.metric == "flops" else 1), "target": target * (2 if budget.metric == "flops" else 1),
+        "achieved": achieved * (2 if budget.metric == "flops" else 1), "achieved_keep": achieved / ref,
+        "achieved_factor": ref / achieved if achieved else math.inf,
+        "relative_error": (achieved - target) / target, "within_tolerance": abs(achieved - target) <= tolerance * target,
+        "channels_kept": int(sum(len(b) for b in best)), "channels_total": int(sizes.sum()),
+        "zero_score_kept": int(np.sum(kept_scores == 0)), "iterations": iterations,
+        "residual": residual, "count_pool": count_pool, "min_channels": int(min_channels),
+    }
+    structure = Structure._make(spec, alive, model_kwargs=model_kwargs, meta={"budget": report})
+    return structure, report
+
+
+def _refine(units: _Units, keep: list, cost_of, target: float, max_tries: int = 4000) -> list:
+    """Walk down the global ranking and add every channel that still fits the budget."""
+    kept = {(u, int(c)) for u in range(len(keep)) for c in keep[u]}
+    keep = [list(k) for k in keep]
+    current = cost_of([np.array(k) for k in keep])
+    tries = 0
+    for j in units.order:
+        u, c = int(units.unit_of[j]), int(units.chan_of[j])
+        if (u, c) in kept:
+            continue
+        if tries >= max_tries or current >= target:
+            break
+        tries += 1
+        keep[u].append(c)
+        new = cost_of([np.array(k) for k in keep])
+        if new <= target:
+            kept.add((u, c))
+            current = new
+        else:
+            keep[u].pop()
+    return [np.array(k, dtype=np.int64) for k in keep]

@@ -1,0 +1,146 @@
+"""Config -> data -> model -> trainer -> run directory: the path of one dense training run."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from .. import models
+from ..config import Config, DataConfig, dump_yaml
+from ..counting import count
+from ..data.cifar import holdout_split, load_cifar10, subset_per_class
+from ..data.loader import CifarLoader
+from ..errors import ConfigError, RunDirError
+from ..utils import seed_everything, write_json
+from .distributed import DistInfo, device_for, init_from_env
+from .rundir import RunDir
+from .trainer import Trainer, load_weights, weights_payload
+
+# keys that may differ between a run and its resumption (they do not change results)
+RESUME_IGNORED = {("train", "progress"), ("train", "tensorboard"), ("train", "device"), ("train", "threads")}
+
+
+def build_loaders(data: DataConfig, device, *, seed: int = 0, channels_last: bool = True,
+                  dist_info: DistInfo = DistInfo()):
+    """Train loader and ``{"test": ..., ["val": ...]}`` eval loaders for a data config."""
+    ds = load_cifar10(data.root)
+    tx, ty = ds.train_images, ds.train_labels
+    train_idx = np.arange(len(ty))
+    if data.train_per_class:
+        train_idx = subset_per_class(ty, data.train_per_class, seed=data.subset_seed)
+    val_idx = None
+    if data.holdout:
+        keep, held = holdout_split(len(train_idx), data.holdout, seed=data.holdout_seed)
+        train_idx, val_idx = (train_idx[held], train_idx[keep]) if data.train_on_holdout else (train_idx[keep], train_idx[held])
+    ws = dist_info.world_size
+    if data.batch_size % ws:
+        raise ConfigError(f"data.batch_size ({data.batch_size}) must be divisible by the number of processes ({ws})")
+    if len(train_idx) < data.batch_size:
+        raise ConfigError(f"data.batch_size ({data.batch_size}) exceeds the {len(train_idx)} training images; "
+                          f"lower it or use more data")
+    common = dict(device=device, channels_last=channels_last, rank=dist_info.rank, world_size=ws)
+    train = CifarLoader(tx[train_idx], ty[train_idx], train_idx, batch_size=data.batch_size // ws, train=True,
+                        augment=data.augment, seed=seed, **common)
+    test_idx = np.arange(len(ds.test_labels))
+    if data.test_per_class:
+        test_idx = subset_per_class(ds.test_labels, data.test_per_class, seed=data.subset_seed)
+    evals = {"test": CifarLoader(ds.test_images[test_idx], ds.test_labels[test_idx], test_idx,
+                                 batch_size=data.eval_batch_size, train=False, **common)}
+    if val_idx is not None:
+        evals["val"] = CifarLoader(tx[val_idx], ty[val_idx], val_idx, batch_size=data.eval_batch_size,
+                                   train=False, **common)
+    return train, evals
+
+
+def default_out(cfg: Config) -> Path:
+    return Path("runs") / f"{cfg.name}-{cfg.scale}"
+
+
+def check_resume_config(run: RunDir, cfg: Config) -> None:
+    """Refuse to resume a run with a config that changes results."""
+    p = run.file("config.yaml")
+    if not run.resumed or not p.exists():
+        return
+    old = yaml.safe_load(p.read_text()) or {}
+    new = yaml.safe_load(dump_yaml(cfg))
+    diffs = []
+
+    def walk(a, b, path):
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                walk(a.get(k), b.get(k), path + (k,))
+        elif a != b and path[:2] not in RESUME_IGNORED:
+            diffs.append(".".join(path))
+
+    walk(old, new, ())
+    if diffs:
+        raise RunDirError(f"cannot resume {run.path}: the config differs in {', '.join(diffs[:6])}; resume with "
+                          f"the original config, or use --force / another --out for a new run")
+
+
+def setup_runtime(cfg: Config, dist_info: DistInfo) -> torch.device:
+    device = device_for(dist_info, cfg.train.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device is cuda but no CUDA device is available; use --set train.device=cpu")
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    else:
+        torch.backends.cudnn.benchmark = True
+    seed_everything(cfg.train.seed)
+    return device
+
+
+def build_model(cfg: Config) -> torch.nn.Module:
+    model = models.create(cfg.model.name, **cfg.model.kwargs)
+    if cfg.train.init_from:
+        load_weights(model, cfg.train.init_from)
+    return model
+
+
+def environment() -> dict:
+    return {"torch": torch.__version__, "python": platform.python_version(), "cpu_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def train(cfg: Config, out=None, *, resume: bool = False, force: bool = False, quiet: bool = False) -> dict:
+    """Train ``cfg.model`` densely as configured; returns the run's result record.
+
+    Writes ``config.yaml``, ``metrics.jsonl``, ``checkpoint.pt``, ``model.pt`` and ``result.json``
+    into ``out`` (default ``runs/<name>-<scale>``).
+    """
+    dist_info = init_from_env()
+    out = Path(out) if out else default_out(cfg)
+    run = RunDir(out, resume=resume, force=force, rank=dist_info.rank, quiet=quiet)
+    try:
+        check_resume_config(run, cfg)
+        run.write_text("config.yaml", dump_yaml(cfg))
+        device = setup_runtime(cfg, dist_info)
+        model = build_model(cfg)
+        train_loader, evals = build_loaders(cfg.data, device, seed=cfg.train.seed,
+                                            channels_last=cfg.train.channels_last, dist_info=dist_info)
+        trainer = Trainer(model, train_loader, evals, train_cfg=cfg.train, optim_cfg=cfg.optim,
+                          schedule_cfg=cfg.schedule, run=run, device=device, rank=dist_info.rank,
+                          world_size=dist_info.world_size)
+        t0 = time.time()
+        final = trainer.fit(resume=run.resumed)
+        cost = count(model)
+        result = {"name": cfg.name, "scale": cfg.scale, "model": cfg.model.name, "model_kwargs": cfg.model.kwargs,
+                  "epochs": trainer.epoch, "final": final, "macs": cost.macs, "params": cost.params,
+                  "cost_convention": cost.convention, "wall_time_s": time.time() - t0,
+                  "environment": environment(), "data_source": load_cifar10(cfg.data.root).source}
+        if dist_info.is_main:
+            run.save("model.pt", weights_payload(model, {"final": final, "scale": cfg.scale}))
+            write_json(run.file("result.json"), result)
+        return result
+    finally:
+        run.close()

@@ -1,0 +1,180 @@
+"""Run directories: one folder per run, safe against overwrites, concurrent writers and kills.
+
+Layout::
+
+    RUN/
+      config.yaml      resolved config (what the run actually used)
+      metrics.jsonl    one JSON record per epoch (and per stage event)
+      checkpoint.pt    latest resumable state, written atomically
+      model.pt         final weights with the model's name and arguments
+      epoch_K.pt       weight snapshots kept on request (train.keep_epochs)
+      arrays/*.npy     arrays for analyses
+      .lock            held (flock) by the process writing the run
+
+Rules: an existing run is never overwritten unless ``resume`` (continue it) or ``force`` (move it
+aside to ``RUN.old-<time>`` and start again) is given; a second process writing to the same folder
+is refused; every file is written through a temporary file and a rename.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import CheckpointError, RunDirError
+from ..utils import atomic_write_bytes, atomic_write_text, to_jsonable
+
+RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint.pt", "model.pt", "result.json")
+
+
+def is_run(path: Path) -> bool:
+    return any((Path(path) / f).exists() for f in RUN_FILES)
+
+
+class RunDir:
+    """An open run directory (holds its lock until :meth:`close`)."""
+
+    def __init__(self, path, *, resume: bool = False, force: bool = False, rank: int = 0, quiet: bool = False):
+        self.path = Path(path)
+        self.rank = rank
+        self.resumed = False
+        self._lock_file = None
+        if rank != 0:  # only rank 0 writes; the others read the checkpoint
+            self.resumed = resume and (self.path / "checkpoint.pt").exists()
+            return
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirError(f"{self.path} exists and is not a directory; choose another --out")
+        self._acquire_lock()
+        if is_run(self.path):
+            if resume:
+                self.resumed = True
+            elif force:
+                self._release_lock()
+                backup = self.path.with_name(f"{self.path.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+                os.replace(self.path, backup)
+                if not quiet:
+                    print(f"--force: moved the existing run to {backup}")
+                self._acquire_lock()
+            else:
+                self._release_lock()
+                raise RunDirError(f"{self.path} already holds a run; pass --resume to continue it, --force to "
+                                  f"start over (the old run is moved aside), or --out to write elsewhere")
+        (self.path / "arrays").mkdir(parents=True, exist_ok=True)
+
+    # -- locking -----------------------------------------------------------------------------------
+    def _acquire_lock(self):
+        import fcntl
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        f = open(self.path / ".lock", "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            pid = f.read().strip() or "?"
+            f.close()
+            raise RunDirError(f"{self.path} is in use by another process (pid {pid}); wait for it to finish "
+                              f"or write to another --out") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        self._lock_file = f
+
+    def _release_lock(self):
+        if self._lock_file is not None:
+            import fcntl
+
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            self._lock_file.close()
+            self._lock_file = None
+
+    def close(self):
+        self._release_lock()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- files -------------------------------------------------------------------------------------
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def write_text(self, name: str, text: str) -> None:
+        if self.rank == 0:
+            atomic_write_text(self.path / name, text)
+
+    def log(self, record: dict) -> None:
+        """Append one JSON record to ``metrics.jsonl``."""
+        if self.rank != 0:
+            return
+        with open(self.path / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(to_jsonable(record)) + "\n")
+
+    def metrics_size(self) -> int:
+        p = self.path / "metrics.jsonl"
+        return p.stat().st_size if p.exists() else 0
+
+    def truncate_metrics(self, size: int) -> None:
+        """Drop records written after a checkpoint (they are replayed on resume)."""
+        p = self.path / "metrics.jsonl"
+        if self.rank == 0 and p.exists() and p.stat().st_size > size:
+            with open(p, "r+") as f:
+                f.truncate(size)
+
+    def read_metrics(self) -> list[dict]:
+        return read_metrics(self.path)
+
+    def save(self, name: str, obj) -> None:
+        """``torch.save`` through a temporary file and a rename."""
+        if self.rank != 0:
+            return
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        atomic_write_bytes(self.path / name, buf.getvalue())
+
+    def load(self, name: str, map_location="cpu"):
+        return load_checkpoint(self.path / name, map_location)
+
+    def save_array(self, name: str, array) -> None:
+        if self.rank != 0:
+            return
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(array))
+        atomic_write_bytes(self.path / "arrays" / f"{name}.npy", buf.getvalue())
+
+
+def read_metrics(path) -> list[dict]:
+    p = Path(path) / "metrics.jsonl"
+    if not p.exists():
+        return []
+    out = []
+    for line in p.read_text().splitlines():
+        line = line.strip()
+        if line:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut by a kill: ignore it
+                pass
+    return out
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """Load a checkpoint with ``weights_only=True``; a missing or corrupt file gives one clear line."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"checkpoint {path} could not be read ({msg[:200]}); it is corrupt or not "
+                              f"a prunelab checkpoint") from None

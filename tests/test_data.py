@@ -1,0 +1,127 @@
+import shutil
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from prunelab.data import cifar as cifar_mod
+from prunelab.data.cifar import ARCHIVE_NAME, holdout_split, load_cifar10, subset_per_class
+from prunelab.data.loader import CifarLoader, random_crop_flip
+from prunelab.errors import DataError
+
+
+def test_real_cifar10_shapes_and_labels(cifar):
+    assert cifar.train_images.shape == (50000, 3, 32, 32) and cifar.train_images.dtype == np.uint8
+    assert cifar.test_images.shape == (10000, 3, 32, 32)
+    assert np.bincount(cifar.train_labels).tolist() == [5000] * 10
+    assert np.bincount(cifar.test_labels).tolist() == [1000] * 10
+    # real photographs, not blank or synthetic: per-channel means near CIFAR's published ones
+    sample = cifar.train_images[::10]  # every class (the arrays are sorted by class)
+    mean = sample.reshape(len(sample), 3, -1).mean(axis=(0, 2)) / 255
+    assert np.allclose(mean, cifar_mod.MEAN, atol=0.03)
+
+
+def test_second_load_is_fast(cifar):
+    cifar_mod._MEMO.clear()
+    t = time.time()
+    d = load_cifar10()
+    assert time.time() - t < 1.0
+    assert d.train_labels[123] == cifar.train_labels[123]
+
+
+def test_missing_data_names_where_it_looked(tmp_path):
+    with pytest.raises(DataError) as e:
+        load_cifar10(tmp_path)
+    msg = str(e.value)
+    assert str(tmp_path) in msg and "PRUNELAB_DATA" in msg and "\n" not in msg
+
+
+def test_wrong_checksum_is_refused(tmp_path, monkeypatch):
+    src = next(p for p in cifar_mod.search_path() if (p / ARCHIVE_NAME).is_file()) / ARCHIVE_NAME
+    bad = tmp_path / ARCHIVE_NAME
+    shutil.copy(src, bad)
+    with open(bad, "r+b") as f:
+        f.seek(1000)
+        f.write(b"\x00\x01\x02")
+    monkeypatch.setenv("PRUNELAB_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(DataError, match="sha256"):
+        load_cifar10(tmp_path)
+    assert not (tmp_path / "cache" / "cifar10").exists() or not any((tmp_path / "cache").rglob("*.npy"))
+
+
+def test_official_batches_are_read(tmp_path, monkeypatch, cifar):
+    import pickle
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for i in range(1, 6):
+        sl = slice((i - 1) * 10000, i * 10000)
+        d = {"data": cifar.train_images[sl].reshape(10000, -1), "labels": cifar.train_labels[sl].tolist()}
+        (folder / f"data_batch_{i}").write_bytes(pickle.dumps(d))
+    d = {"data": cifar.test_images.reshape(10000, -1), "labels": cifar.test_labels.tolist()}
+    (folder / "test_batch").write_bytes(pickle.dumps(d))
+    monkeypatch.setenv("PRUNELAB_CACHE", str(tmp_path / "cache"))
+    got = load_cifar10(tmp_path)
+    assert got.source == "official"
+    assert np.array_equal(got.test_images[:50], cifar.test_images[:50])
+
+
+def test_crop_flip_matches_reference():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
+    out = random_crop_flip(x, 2, g)
+    g = torch.Generator().manual_seed(3)
+    dy = torch.randint(0, 5, (16,), generator=g)
+    dx = torch.randint(0, 5, (16,), generator=g)
+    flip = torch.rand(16, generator=g) < 0.5
+    xp = F.pad(x, (2, 2, 2, 2))
+    for i in range(16):
+        ref = xp[i, :, dy[i]:dy[i] + 8, dx[i]:dx[i] + 8]
+        if flip[i]:
+            ref = ref.flip(2)
+        assert torch.equal(out[i], ref)
+    assert 0 < flip.sum() < 16
+
+
+def test_loader_batches_indices_and_determinism(cifar):
+    idx = subset_per_class(cifar.train_labels, 20)
+    mk = lambda: CifarLoader(cifar.train_images[idx], cifar.train_labels[idx], idx, batch_size=32, seed=1)
+    a, b = mk(), mk()
+    xa, ya, ia = next(iter(a))
+    assert xa.shape == (32, 3, 32, 32) and xa.dtype == torch.float32
+    assert xa.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(ya, torch.from_numpy(np.array(cifar.train_labels))[ia])  # indices are dataset indices
+    assert set(ia.tolist()) <= set(idx.tolist())
+    # same (seed, epoch, step): same batch; resuming at step 3 sees step 3
+    assert torch.equal(next(iter(b))[0], xa)
+    b3 = list(b.batches(3))[0]
+    assert torch.equal(b3[0], list(a.batches(0))[3][0])
+    a.set_epoch(1)
+    assert not torch.equal(next(iter(a))[2], ia)
+    assert len(a) == 200 // 32
+    # normalisation (without augmentation's black borders): roughly zero-mean, unit-variance per channel
+    plain = CifarLoader(cifar.train_images[idx], cifar.train_labels[idx], idx, batch_size=100, train=False)
+    x = torch.cat([bt[0] for bt in plain])
+    assert x.mean(dim=(0, 2, 3)).abs().max() < 0.15 and (x.std(dim=(0, 2, 3)) - 1).abs().max() < 0.15
+
+
+def test_eval_loader_is_ordered_and_complete(cifar):
+    ld = CifarLoader(cifar.test_images[:250], cifar.test_labels[:250], batch_size=100, train=False)
+    seen = torch.cat([b[2] for b in ld])
+    assert seen.tolist() == list(range(250)) and len(ld) == 3
+
+
+def test_subsets_and_holdout():
+    labels = np.repeat(np.arange(10), 100)
+    s = subset_per_class(labels, 7, seed=0)
+    assert np.bincount(labels[s]).tolist() == [7] * 10
+    assert np.array_equal(s, subset_per_class(labels, 7, seed=0))
+    assert not np.array_equal(s, subset_per_class(labels, 7, seed=1))
+    tr, va = holdout_split(50000, 5000, seed=None)  # PFS: the last 5k
+    assert tr[-1] == 44999 and va[0] == 45000 and len(va) == 5000
+    tr, va = holdout_split(50000, 0.05, seed=0)  # DDNP: 5% seeded
+    assert len(va) == 2500 and len(np.intersect1d(tr, va)) == 0 and len(tr) + len(va) == 50000
+    with pytest.raises(DataError):
+        subset_per_class(labels, 101)

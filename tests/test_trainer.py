@@ -1,0 +1,137 @@
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from prunelab import models
+from prunelab.config import load_config
+from prunelab.errors import CheckpointError, RunDirError
+from prunelab.train.rundir import RunDir, load_checkpoint
+from prunelab.train.run import train
+from prunelab.train.trainer import load_weights
+
+PY = sys.executable
+TIME_KEYS = {"epoch_time_s", "images_per_s"}
+
+
+def tiny(sets=(), out=None):
+    base = ["data.train_per_class=20", "data.test_per_class=5", "data.batch_size=20", "train.epochs=3",
+            "train.deterministic=true", "train.checkpoint_every_steps=4", "train.progress=false"]
+    return load_config("resnet20", "ci", base + list(sets))
+
+
+def cli(args, env=None, check=True):
+    e = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([PY, "-m", "prunelab.cli", *args], capture_output=True, text=True, env=e, check=check)
+
+
+def test_training_learns_on_real_data(tmp_path):
+    cfg = load_config("resnet20", "ci", ["data.train_per_class=50", "data.test_per_class=20", "train.epochs=4",
+                                          "data.batch_size=50", "optim.lr=0.05", "train.progress=false"])
+    res = train(cfg, tmp_path / "r", quiet=True)
+    hist = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert len(hist) == 4 and hist[-1]["train_loss"] < hist[0]["train_loss"]
+    assert res["final"]["test_acc"] > 0.15  # 10 classes: chance is 0.10
+    payload = load_checkpoint(tmp_path / "r" / "model.pt")
+    assert payload["model_name"] == "resnet20"
+
+
+def _final_state(run):
+    return load_checkpoint(Path(run) / "model.pt")["state_dict"]
+
+
+def _metrics(run):
+    rows = [json.loads(x) for x in (Path(run) / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in TIME_KEYS} for r in rows]
+
+
+def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path):
+    sets = ["data.train_per_class=20", "data.test_per_class=5", "data.batch_size=20", "train.epochs=3",
+            "train.deterministic=true", "train.checkpoint_every_steps=4", "train.progress=false"]
+    common = ["train", "resnet20", "--scale", "ci", *sum([["--set", s] for s in sets], [])]
+    cli(common + ["--out", str(tmp_path / "straight")])
+    killed = cli(common + ["--out", str(tmp_path / "killed")], env={"PRUNELAB_TEST_SIGKILL_AT_STEP": "15"},
+                 check=False)
+    assert killed.returncode == -9  # died by SIGKILL in epoch 2 (10 steps per epoch)
+    assert not (tmp_path / "killed" / "model.pt").exists()
+    assert len(_metrics(tmp_path / "killed")) == 1
+    r = cli(common + ["--out", str(tmp_path / "killed")], check=False)
+    assert "already holds a run" in r.stderr and r.returncode == 2  # no silent overwrite
+    cli(common + ["--out", str(tmp_path / "killed"), "--resume"])
+    a, b = _final_state(tmp_path / "straight"), _final_state(tmp_path / "killed")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert _metrics(tmp_path / "straight") == _metrics(tmp_path / "killed")
+
+
+def test_resume_with_other_config_is_refused(tmp_path):
+    train(tiny(["train.epochs=1"]), tmp_path / "r", quiet=True)
+    with pytest.raises(RunDirError, match="model.name"):
+        train(tiny(["train.epochs=1", "model.name=resnet32"]), tmp_path / "r", resume=True, quiet=True)
+    r = cli(["train", "resnet20", "--scale", "ci", "--out", str(tmp_path / "r"), "--resume", "--set", "model.name=resnet32"],
+            check=False)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "cannot resume" in r.stderr
+
+
+def test_force_moves_old_run_aside(tmp_path):
+    train(tiny(["train.epochs=1"]), tmp_path / "r", quiet=True)
+    train(tiny(["train.epochs=1"]), tmp_path / "r", force=True, quiet=True)
+    backups = [p for p in tmp_path.iterdir() if p.name.startswith("r.old-")]
+    assert len(backups) == 1 and (backups[0] / "model.pt").exists()
+
+
+def test_second_writer_is_refused(tmp_path):
+    with RunDir(tmp_path / "r"):
+        code = ("from prunelab.train.rundir import RunDir; import sys\n"
+                f"RunDir({str(tmp_path / 'r')!r}, resume=True)")
+        r = subprocess.run([PY, "-c", code], capture_output=True, text=True)
+        assert r.returncode != 0 and "in use by another process" in r.stderr
+
+
+def test_weights_of_another_model_are_refused(tmp_path):
+    train(tiny(["train.epochs=1"]), tmp_path / "r", quiet=True)
+    with pytest.raises(CheckpointError, match="resnet20"):
+        load_weights(models.create("resnet56"), tmp_path / "r" / "model.pt")
+    with pytest.raises(CheckpointError, match="width"):
+        load_weights(models.create("resnet20", width=32), tmp_path / "r" / "model.pt")
+    load_weights(models.create("resnet20"), tmp_path / "r")  # a run dir means its model.pt
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(bad)
+    r = cli(["train", "resnet20", "--scale", "ci", "--out", str(tmp_path / "x"), "--set", f"train.init_from={bad}"],
+            check=False)
+    assert r.returncode == 2 and "corrupt" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_keep_epochs_snapshots(tmp_path):
+    train(tiny(["train.epochs=2", "train.keep_epochs=[0,2]"]), tmp_path / "r", quiet=True)
+    s0 = load_checkpoint(tmp_path / "r" / "epoch_0.pt")["state_dict"]
+    s2 = load_checkpoint(tmp_path / "r" / "epoch_2.pt")["state_dict"]
+    fin = load_checkpoint(tmp_path / "r" / "model.pt")["state_dict"]
+    assert torch.equal(s2["fc.weight"], fin["fc.weight"]) and not torch.equal(s0["fc.weight"], fin["fc.weight"])
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_cpu_processes_keep_identical_weights(tmp_path):
+    worker = Path(__file__).with_name("ddp_worker.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([PY, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+                        str(worker), str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert a["world"] == 2 and a["batch_per_rank"] == 8 and a["changed"]
+    assert len(a["params"]) == len(list(models.create("resnet20").parameters()))
+    for k in a["params"]:
+        assert torch.equal(a["params"][k], b["params"][k]), k
