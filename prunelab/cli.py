@@ -6,6 +6,7 @@
     prunelab info RUN                             config, progress and results of a run
     prunelab count MODEL [--set k=v] [--structure plan.json] [--residual mixed|regular] [--count-pool]
     prunelab compact RUN [--out DIR]              write the compact model and its plan
+    prunelab experiment bar|pfs [--scale S]       a supplement study; results/<name>_<scale>.json
     prunelab list [models|methods|configs]
 
 Bad input (unknown names, invalid numbers, missing data, incompatible checkpoints) prints one line
@@ -54,6 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compact", help="write the physically pruned model of a pruning run")
     p.add_argument("run")
     p.add_argument("--out", help="folder for plan.json and weights (default RUN/compact)")
+    p = sub.add_parser("experiment", help="run a supplement study (many runs, one cached results file)")
+    p.add_argument("name", help="bar or pfs")
+    p.add_argument("--scale", choices=("ci", "cpu", "paper"))
+    p.add_argument("--out", help="folder for the sub-runs (default runs/<name>-<scale>); finished sub-runs are reused")
+    p.add_argument("--parts", help="comma-separated parts to run (default: all)")
+    p.add_argument("--results", help="results file (default results/<name>_<scale>.json)")
+    p.add_argument("--resume", action="store_true", help="accepted for symmetry: experiments always continue")
     p = sub.add_parser("list", help="list models, methods or bundled configs")
     p.add_argument("what", nargs="?", choices=("models", "methods", "configs"), default="models")
     return ap
@@ -132,6 +140,14 @@ def cmd_compact(args) -> int:
     return 0
 
 
+def cmd_experiment(args) -> int:
+    from .experiments import run
+
+    parts = args.parts.split(",") if args.parts else None
+    run(args.name, _scale(args), args.out, parts=parts, results=args.results)
+    return 0
+
+
 def cmd_list(args) -> int:
     if args.what == "models":
         from .models import list_models
@@ -149,7 +165,7 @@ def cmd_list(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "prune": cmd_prune, "eval": cmd_eval, "info": cmd_info, "count": cmd_count,
-            "compact": cmd_compact, "list": cmd_list}
+            "compact": cmd_compact, "experiment": cmd_experiment, "list": cmd_list}
 
 
 def main(argv=None) -> int:

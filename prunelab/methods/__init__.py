@@ -48,6 +48,6 @@ def from_config(method_cfg: dict) -> Method:
     return create(opts.pop("name"), **opts)
 
 
-from . import l1, lzr, random, slimming  # noqa: E402,F401  (registration)
+from . import bar, l1, lzr, pfs, random, slimming  # noqa: E402,F401  (registration)
 
 __all__ = ["Method", "register", "list_methods", "get", "create", "from_config"]

@@ -76,6 +76,10 @@ class Method(Hook):
         """Put this method's gates on ``net`` (default: none; scoring-only methods)."""
         return net
 
+    def prepare(self, spec: ModelSpec, budget: Budget | None) -> None:
+        """Called before the learn stage with the dense spec and the run's budget (if any)."""
+        self.spec, self.budget = spec, budget
+
     # -- selection ---------------------------------------------------------------------------------
     def scores(self, model: nn.Module, spec: ModelSpec) -> dict[str, np.ndarray]:
         raise NotImplementedError(f"method {self.name} does not score channels")

@@ -399,3 +399,55 @@ def load_compact(folder, map_location="cpu") -> nn.Module:
     except RuntimeError as e:
         raise CheckpointError(f"{folder}/weights.pt does not fit its plan ({str(e).splitlines()[0][:160]})") from None
     return model.to(map_location).eval()
+
+
+def expand(compact_model: nn.Module, structure: Structure) -> nn.Module:
+    """The inverse of :func:`compact`: a dense model whose alive channels hold the compact weights.
+
+    Dead channels get zero weights (and BN scale 0, bias 0), so ``compact(expand(c, s), s')`` for any
+    ``s'`` inside ``s`` prunes an already-pruned network further: iterative pruning schemes (BAR's
+    random/WM baselines) use it. A residual branch reduced to BN's constant is stored as BN bias.
+    """
+    dense = create(structure.model, **structure.model_kwargs)
+    spec = describe(dense)
+    structure.check(spec)
+    alive = _Alive(spec, structure, "cpu")
+    src = dict(compact_model.named_modules())
+    with torch.no_grad():
+        for op in spec.ops:
+            if op.kind == "pool":
+                continue
+            d = dense.get_submodule(op.name)
+            d.weight.zero_()
+            if d.bias is not None:
+                d.bias.zero_()
+            if op.bn:
+                bn = dense.get_submodule(op.bn)
+                bn.weight.zero_(), bn.bias.zero_(), bn.running_mean.zero_(), bn.running_var.fill_(1.0)
+            c = src.get(op.name)
+            in_arr = alive.union(op.reads)
+            out_arr = alive.of(op.writes) if op.writes else None
+            out_t = torch.as_tensor(out_arr if out_arr is not None else np.arange(op.out_channels), dtype=torch.long)
+            in_t = torch.as_tensor(in_arr if in_arr is not None else np.arange(op.in_channels), dtype=torch.long)
+            if c is None or len(out_t) == 0 or len(in_t) == 0:
+                continue
+            w = c.weight.detach().cpu()
+            if op.kind == "conv" and op.depthwise:
+                d.weight[out_t] = w
+            elif op.kind == "conv":
+                d.weight[out_t[:, None], in_t[None, :]] = w
+            else:
+                d.weight[out_t[:, None], in_t[None, :]] = w
+            if d.bias is not None:
+                d.bias[out_t] = c.bias.detach().cpu()
+            if op.bn and op.bn in src and isinstance(src[op.bn], nn.BatchNorm2d):
+                sb, db = src[op.bn], dense.get_submodule(op.bn)
+                db.weight[out_t], db.bias[out_t] = sb.weight.detach().cpu(), sb.bias.detach().cpu()
+                db.running_mean[out_t], db.running_var[out_t] = sb.running_mean.cpu(), sb.running_var.cpu()
+        if get_entry(spec.model).family == "resnet_cifar":  # constant branches -> BN bias
+            for s, layer in enumerate(compact_model.stages, start=1):
+                for b, block in enumerate(layer):
+                    if getattr(block, "branch", "conv") == "const":
+                        delta = torch.as_tensor(alive.of(f"layer{s}.{b}.delta"), dtype=torch.long)
+                        dense.get_submodule(f"layer{s}.{b}.bn2").bias[delta] = block.delta_const.cpu()
+    return dense

@@ -33,6 +33,15 @@ class Gate(nn.Module):
 
     per_instance = False  # values depend on the input (one mask per sample)
     needs_input = False  # reads the input of the conv producing the gated tensor
+    _transient = ("_conv_input",)  # per-forward tensors (in the autograd graph): never copied or pickled
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        for k in self._transient:
+            if k in state:
+                state[k] = None
+        state.pop("_conv_input", None)
+        return state
 
     def __init__(self, channels: int):
         super().__init__()
@@ -208,6 +217,8 @@ class GeneratedGate(Gate):
     so gradients reach the generator) and, optionally, the deterministic values used in evaluation.
     """
 
+    _transient = ("_conv_input", "_train_value")
+
     def __init__(self, channels: int):
         super().__init__(channels)
         self.register_buffer("eval_value", torch.ones(channels))
@@ -240,6 +251,7 @@ class PerInstanceGate(Gate):
 
     per_instance = True
     needs_input = True
+    _transient = ("_conv_input", "last_saliency", "last_mask")
 
     def __init__(self, channels: int, predictor: nn.Module, threshold: float = -1e4):
         super().__init__(channels)

@@ -152,6 +152,7 @@ def run_pipeline(cfg: Config, out=None, *, resume: bool = False, force: bool = F
 
         # 2. learn -------------------------------------------------------------------------------
         model = method.attach(net)
+        method.prepare(spec, budget)
         learn_cfg = stage_config(cfg, "learn")
         if method.learns and learn_cfg is not None:
             if state.done("learn"):

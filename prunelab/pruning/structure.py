@@ -176,3 +176,33 @@ def clean(structure: Structure, spec: ModelSpec) -> Structure:
         out.channels[n] = spec.tensor(n).channels
     out.meta = {**out.meta, "removed_branches": removed}
     return out
+
+
+def ensure_connected(structure: Structure, spec: ModelSpec, scores: dict | None = None) -> Structure:
+    """Revive the best-scored channel where a structure would disconnect the network.
+
+    Residual branches (``mid``/``delta``) may die whole; any other gated tensor (stem, projection,
+    plain conv, expansion) keeps at least one channel, and so does every residual trunk (the union of
+    its contributors). ``scores``: ``{tensor: (C,) array}``, higher = revived first (default: channel 0).
+    Revived channels are listed in ``meta["revived"]``.
+    """
+    alive = {n: np.asarray(v) for n, v in structure.alive.items()}
+    revived = []
+
+    def revive(name):
+        s = scores.get(name) if scores else None
+        c = int(np.argmax(s)) if s is not None else 0
+        alive[name] = np.array([c])
+        revived.append(f"{name}[{c}]")
+
+    for t in spec.tensors:
+        if t.name in alive and len(alive[t.name]) == 0 and t.slot not in ("mid", "delta", "mid1", "mid2"):
+            revive(t.name)
+    for members in spec.trunks().values():
+        if all(n in alive and len(alive[n]) == 0 for n in members):
+            revive(members[0])
+    if not revived:
+        return structure
+    out = structure.with_alive(alive)
+    out.meta = {**out.meta, "revived": revived}
+    return out

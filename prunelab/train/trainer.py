@@ -174,6 +174,7 @@ class Trainer:
         self.steps_per_epoch = len(train_loader)
         self.total_steps = self.cfg.epochs * self.steps_per_epoch
         self.history: list[dict] = []
+        self.last_eval: dict = {}  # evaluations of the epoch just finished (hooks read it in end_epoch)
         self._sums: dict[str, torch.Tensor] = {}
         for h in self.hooks:
             h.setup(self)
@@ -269,10 +270,11 @@ class Trainer:
             opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.cfg.grad_clip:
+            # each optimiser's parameters are clipped on their own: a huge gate gradient (e.g. BAR's
+            # capped barrier) must not scale the weights' gradients down to nothing
             for opt in self.optimizers:
                 self.scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_([p for o in self.optimizers for g in o.param_groups for p in g["params"]],
-                                           self.cfg.grad_clip)
+                torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], self.cfg.grad_clip)
         for opt in self.optimizers:
             self.scaler.step(opt)
         self.scaler.update()
@@ -343,9 +345,11 @@ class Trainer:
         record = {"stage": self.stage, "epoch": self.epoch + 1, "step": self.global_step,
                   "lr": self.lr(0), "train_loss": s.get("loss", 0.0) / n, "train_acc": s.get("correct", 0.0) / n}
         record.update({k[5:]: v / n for k, v in s.items() if k.startswith("term_")})
+        self.last_eval = {}
         if (self.epoch + 1) % self.cfg.eval_every == 0 or self.epoch + 1 == self.cfg.epochs:
             for name, loader in self.eval_loaders.items():
                 r = self.evaluate(loader)
+                self.last_eval[name] = r
                 record[f"{name}_acc"], record[f"{name}_loss"] = r["acc"], r["loss"]
         for h in self.hooks:
             record.update(h.end_epoch(self, self.epoch))

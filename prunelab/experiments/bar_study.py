@@ -1,0 +1,246 @@
+"""BAR supplement study: teacher, BAR at four volume budgets, the iterative random (and WM)
+baselines, and the sensitivity analysis; aggregated into ``results/bar_<scale>.json``.
+
+Scales (say what was run; methods.md §4.8, §6.4):
+
+* ``paper``: BAR's WRN (k = 12), teacher 80+10 epochs, BAR 80 / 40 / 10 epochs, baselines
+  40+10 per step, 10 sensitivity runs per budget. Needs a GPU.
+* ``cpu``: the same network at k = 1 (16/32/64 channels, every conv output gated: 28 tensors, 1,024
+  gates, V0 = 274,432), full CIFAR-10, batch 128; teacher 10 epochs; BAR 6 (pruning) + 3 (fine-tune)
+  epochs; baselines 3 epochs per step; 1 extra sensitivity run per budget.
+* ``ci``: one block per stage, 300 training images, 1-3 epochs per phase: mechanics only.
+
+The iterative baselines (supplement §3.2) start from the trained teacher and remove 50 % of every
+gated tensor per step (the contributors of each residual trunk share one mask, L6), retraining after
+each step, which gives V-factors 2, 4, 8, 16 and F ~ V^2.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import models
+from ..analysis.bar import active_neurons, regular_vs_mixed
+from ..config import load_config
+from ..counting import count
+from ..pruning.compact import compact, expand, load_compact, save_compact
+from ..pruning.pipeline import run_pipeline
+from ..pruning.structure import Structure
+from ..train.rundir import RunDir, read_metrics
+from ..train.run import build_loaders, setup_runtime, train
+from ..train.trainer import Trainer, evaluate, load_weights
+from ..utils import read_json, to_jsonable, write_json
+from . import results_path
+
+PRUNING_FACTORS = (2, 4, 8, 16)
+SETTINGS = {
+    "ci": {"sensitivity_runs": 1, "baseline_epochs": 1, "baselines": ("random",)},
+    "cpu": {"sensitivity_runs": 1, "baseline_epochs": 3, "baselines": ("random",)},
+    "paper": {"sensitivity_runs": 10, "baseline_epochs": 50, "baselines": ("random", "wm")},
+}
+PARTS = ("teacher", "bar", "baselines", "sensitivity")
+
+# B18: the seven hyper-parameters the sensitivity analysis draws around their tuned values
+# [unverified: the supplement names no parameters, only interval widths of 1e-5, 0.2 or 1.0]
+SENSITIVITY = {
+    "method.lambda": ("relative", 0.5),  # U(0.5, 1.5) x tuned
+    "method.margin": ("relative", 0.5),
+    "method.d": ("absolute", 1.0),  # U(9.5, 10.5)
+    "method.b0_factor": ("absolute", 0.01),  # U(1.005, 1.015): b0 must stay above V0
+    "method.kd_temperature": ("absolute", 1.0),  # U(3.5, 4.5)
+    "method.kd_alpha": ("absolute", 0.2),  # U(0.8, 1.0)
+    "optim.lr": ("relative", 0.5),
+}
+
+
+def _done(path: Path) -> bool:
+    return (path / "result.json").exists()
+
+
+def _say(quiet, *a):
+    if not quiet:
+        print(*a, flush=True)
+
+
+def sample_hyperparameters(base, rng: np.random.Generator) -> dict:
+    """One draw of the sensitivity hyper-parameters around the tuned config ``base``."""
+    from ..methods import get
+
+    method = {**get("bar").defaults, **base.method}
+    out = {}
+    for key, (kind, width) in SENSITIVITY.items():
+        section, name = key.split(".")
+        v0 = float(method[name] if section == "method" else getattr(getattr(base, section), name))
+        v = v0 * rng.uniform(1 - width, 1 + width) if kind == "relative" else rng.uniform(v0 - width / 2, v0 + width / 2)
+        if name == "kd_alpha":
+            v = min(v, 1.0)
+        out[key] = float(v)
+    return out
+
+
+def _summarize_pipeline(run_dir: Path, spec, extra: dict) -> dict:
+    res = read_json(run_dir / "result.json")
+    structure = Structure.load(run_dir / "structure.json")
+    full, pruned = count(spec), count(spec, structure)
+    rep = res.get("budget_report", {})
+    trace = None
+    tp = run_dir / "arrays" / "bar_trace.npy"
+    if tp.exists():
+        t = np.load(tp)
+        keep = np.unique(np.linspace(0, len(t) - 1, min(len(t), 400)).astype(int))
+        trace = {"step": t[keep, 0], "cost": t[keep, 1], "bound": t[keep, 2], "barrier": t[keep, 3],
+                 "l_hc": t[keep, 4]}
+    return {
+        **extra,
+        "v_factor": full.volume / pruned.volume, "f_factor": full.macs / pruned.macs,
+        "volume": pruned.volume, "flops": pruned.flops, "accuracy": res["final_test_acc"],
+        "accuracy_before_finetune": res["pruned_test_acc_before_finetune"],
+        "budget_met": rep.get("budget_met"), "removed_branches": rep.get("removed_branches", []),
+        "revived_channels": rep.get("revived_channels", []), "barrier_overshoots": rep.get("barrier_overshoots"),
+        "alive": structure.counts(), "regular_vs_mixed": regular_vs_mixed(spec, structure),
+        "trace": trace, "metrics": read_metrics(run_dir), "wall_time_s": res.get("wall_time_s"),
+    }
+
+
+def _halve(structure: Structure, spec, scores: dict, rng: np.random.Generator) -> Structure:
+    """Keep half of the alive channels of every gated tensor; trunk contributors share one mask."""
+    new = {}
+    trunk_of = {n: tid for tid, members in spec.trunks().items() for n in members}
+    groups: dict = {}
+    for t in spec.tensors:
+        groups.setdefault(trunk_of.get(t.name, t.name), []).append(t.name)
+    for key, members in groups.items():
+        alive = structure.alive[members[0]]
+        n = max(1, len(alive) // 2)
+        if scores is None:
+            keep = rng.choice(alive, n, replace=False)
+        else:
+            s = np.sum([scores[m][alive] for m in members], axis=0)
+            keep = alive[np.lexsort((alive, -s))[:n]]
+        for m in members:
+            new[m] = np.sort(keep)
+    return structure.with_alive(new)
+
+
+def _l1_scores(model, spec) -> dict:
+    return {t.name: model.get_submodule(t.conv).weight.detach().abs().flatten(1).sum(1).double().numpy()
+            for t in spec.tensors}
+
+
+def run_baseline(kind: str, scale: str, out: Path, teacher_path: Path, quiet=False) -> list[dict]:
+    """Iterative random / weight-magnitude pruning from the teacher (supplement §3.2)."""
+    cfg = load_config("bar_wrn_teacher", scale, [f"train.epochs={SETTINGS[scale]['baseline_epochs']}",
+                                                 f"schedule.milestones=[{max(1, SETTINGS[scale]['baseline_epochs'] - 1)}]",
+                                                 "train.progress=false" if quiet else "train.progress=true"])
+    device = setup_runtime(cfg, _dist())
+    dense = models.create(cfg.model.name, **cfg.model.kwargs)
+    load_weights(dense, teacher_path)
+    spec = models.describe(dense)
+    structure = Structure.full(spec, model_kwargs=cfg.model.kwargs)
+    rng = np.random.default_rng(0)
+    tl, ev = build_loaders(cfg.data, device, seed=cfg.train.seed)
+    rows = []
+    for step, pf in enumerate(PRUNING_FACTORS, start=1):
+        d = out / kind / f"step{step}"
+        scores = None if kind == "random" else _l1_scores(dense, spec)
+        structure = _halve(structure, spec, scores, rng)
+        if _done(d):
+            pruned = load_compact(d / "compact")
+            structure = Structure.load(d / "compact" / "plan.json")
+        else:
+            pruned = compact(dense, structure)
+            before = evaluate(pruned.to(device), ev["test"])["acc"]
+            with RunDir(d, resume=True) as run:
+                Trainer(pruned, tl, ev, train_cfg=cfg.train, optim_cfg=cfg.optim, schedule_cfg=cfg.schedule, run=run,
+                        device=device, stage=f"{kind}{pf}").fit(resume=run.resumed)
+                save_compact(pruned, structure, d / "compact")
+                acc = evaluate(pruned, ev["test"])["acc"]
+                write_json(d / "result.json", {"final_test_acc": acc, "pruned_test_acc_before_finetune": before})
+        res = read_json(d / "result.json")
+        full, c = count(spec), count(spec, structure)
+        rows.append({"method": "Random" if kind == "random" else "WM", "pf": pf, "v_factor": full.volume / c.volume,
+                     "f_factor": full.macs / c.macs, "accuracy": res["final_test_acc"],
+                     "accuracy_before_finetune": res["pruned_test_acc_before_finetune"], "alive": structure.counts(),
+                     "metrics": read_metrics(d)})
+        _say(quiet, f"{kind} PF {pf}: V x{rows[-1]['v_factor']:.2f}, F x{rows[-1]['f_factor']:.1f}, "
+                    f"accuracy {100 * rows[-1]['accuracy']:.2f}%")
+        dense = expand(pruned.cpu(), structure)
+    return rows
+
+
+def _dist():
+    from ..train.distributed import DistInfo
+
+    return DistInfo()
+
+
+def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, results=None) -> dict:
+    """Run (or continue) the BAR study at ``scale``; returns and writes the aggregated results."""
+    out = Path(out or f"runs/bar-{scale}")
+    results_file = Path(results) if results else results_path("bar", scale)
+    parts = tuple(parts or PARTS)
+    t0 = time.time()
+    prog = "train.progress=false" if quiet else "train.progress=true"
+    # teacher --------------------------------------------------------------------------------------
+    tdir = out / "teacher"
+    tcfg = load_config("bar_wrn_teacher", scale, [prog])
+    if not _done(tdir):
+        train(tcfg, tdir, resume=True, quiet=quiet)
+    teacher = read_json(tdir / "result.json")
+    _say(quiet, f"teacher: {100 * teacher['final']['test_acc']:.2f}% test accuracy")
+    spec = models.describe(models.create(tcfg.model.name, **tcfg.model.kwargs))
+    runs, baselines, sensitivity = [], [], []
+    # BAR at each volume budget --------------------------------------------------------------------
+    if "bar" in parts:
+        for pf in PRUNING_FACTORS:
+            d = out / f"bar-v{pf}"
+            cfg = load_config("bar_wrn_bar", scale, [f"budget.factor={pf}", f"method.teacher={tdir / 'model.pt'}", prog])
+            if not _done(d):
+                run_pipeline(cfg, d, resume=True, quiet=quiet)
+            runs.append(_summarize_pipeline(d, spec, {"method": "BAR", "pf": pf, "budget": "volume",
+                                                      "hyperparameters": cfg.method}))
+            _say(quiet, f"BAR PF {pf}: V x{runs[-1]['v_factor']:.2f} (target {pf}), F x{runs[-1]['f_factor']:.1f}, "
+                        f"accuracy {100 * runs[-1]['accuracy']:.2f}%")
+    # iterative baselines --------------------------------------------------------------------------
+    if "baselines" in parts:
+        for kind in SETTINGS[scale]["baselines"]:
+            baselines += run_baseline(kind, scale, out, tdir / "model.pt", quiet)
+    # sensitivity ----------------------------------------------------------------------------------
+    if "sensitivity" in parts:
+        rng = np.random.default_rng(2019)
+        for pf in PRUNING_FACTORS:
+            base = load_config("bar_wrn_bar", scale, [f"budget.factor={pf}"])
+            for i in range(SETTINGS[scale]["sensitivity_runs"]):
+                hp = sample_hyperparameters(base, rng)
+                d = out / f"sensitivity-v{pf}-{i}"
+                sets = [f"budget.factor={pf}", f"method.teacher={tdir / 'model.pt'}", prog, f"train.seed={i + 1}"]
+                sets += [f"{k}={v}" for k, v in hp.items()]
+                # the same hyper-parameters apply to the fine-tuning stage's learning rate
+                sets.append(f"stages.finetune.optim.lr={hp['optim.lr']}")
+                cfg = load_config("bar_wrn_bar", scale, sets)
+                if not _done(d):
+                    run_pipeline(cfg, d, resume=True, quiet=quiet)
+                sensitivity.append(_summarize_pipeline(d, spec, {"method": "BAR", "pf": pf, "run": i + 1,
+                                                                 "hyperparameters": hp}))
+        # the tuned runs count as run 0 of the sensitivity analysis
+        sensitivity = [{**r, "run": 0, "hyperparameters": "tuned"} for r in runs] + sensitivity
+    results = {
+        "study": "bar", "scale": scale, "created": time.strftime("%Y-%m-%d %H:%M"),
+        "command": f"prunelab experiment bar --scale {scale} --out {out}",
+        "model": {"name": tcfg.model.name, **tcfg.model.kwargs},
+        "dense": {"volume": count(spec).volume, "macs": count(spec).macs, "flops": count(spec).flops,
+                  "gated_tensors": len(spec.tensors), "gates": sum(t.channels for t in spec.tensors)},
+        "teacher": {"accuracy": teacher["final"]["test_acc"], "epochs": teacher["epochs"],
+                    "metrics": read_metrics(tdir)},
+        "full_active_neurons": active_neurons(spec).to_dict("records"),
+        "runs": runs, "baselines": baselines, "sensitivity": sensitivity,
+        "data_source": teacher.get("data_source"), "wall_time_s": time.time() - t0,
+    }
+    write_json(results_file, to_jsonable(results))
+    _say(quiet, f"results written to {results_file}")
+    return results
