@@ -27,7 +27,7 @@ def experiments() -> dict:
     import importlib
 
     out = {}
-    for name in ("bar", "pfs"):
+    for name in ("bar", "pfs", "quickstart"):
         mod = importlib.import_module(f".{name}_study", __name__)
         out[name] = mod.run
     return out
@@ -38,3 +38,37 @@ def run(name: str, scale: str, out=None, *, parts=None, quiet: bool = False, res
     if name not in exps:
         raise UnknownNameError("experiment", name, exps)
     return exps[name](scale, out, parts=parts, quiet=quiet, results=results)
+
+
+def resolve_scale(requested: str | None, name: str) -> str:
+    """The scale a notebook runs at. ``auto`` (the default): ``cpu`` when the cached cpu results of
+    experiment ``name`` exist, else ``ci``. ``ci``, ``cpu`` and ``paper`` are taken as given."""
+    import os
+
+    requested = requested or os.environ.get("PRUNELAB_SCALE", "auto")
+    if requested == "auto":
+        return "cpu" if results_path(name, "cpu").exists() else "ci"
+    if requested not in ("ci", "cpu", "paper"):
+        from ..errors import ConfigError
+
+        raise ConfigError(f"PRUNELAB_SCALE must be auto, ci, cpu or paper, got {requested!r}")
+    return requested
+
+
+def load_results(name: str, scale: str, *, out=None, run_if_missing: bool = True, quiet: bool = True) -> dict:
+    """Cached results of experiment ``name`` at ``scale``; at ``ci`` scale they are computed on the
+    spot (seconds) into ``out`` (default: a temporary folder). ``cpu``/``paper`` results must have been
+    produced by ``prunelab experiment NAME --scale ...`` first."""
+    import json
+    import tempfile
+
+    path = results_path(name, scale)
+    if scale == "ci" and run_if_missing:
+        tmp = Path(out or tempfile.mkdtemp(prefix=f"prunelab-{name}-ci-"))
+        return run(name, "ci", tmp / "runs", quiet=quiet, results=tmp / f"{name}_ci.json")
+    if not path.exists():
+        from ..errors import DataError
+
+        raise DataError(f"no cached {scale}-scale results at {path}; produce them with "
+                        f"`prunelab experiment {name} --scale {scale}` (or run the notebook with PRUNELAB_SCALE=ci)")
+    return json.loads(path.read_text())

@@ -1,0 +1,116 @@
+"""The pruning pipeline end to end through the CLI, its resume, and the registered methods."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from prunelab import methods, models
+from prunelab.config import load_config
+from prunelab.errors import ConfigError, UnknownNameError
+from prunelab.pruning.budget import Budget
+from prunelab.pruning.compact import load_compact
+from prunelab.pruning.pipeline import run_pipeline
+from prunelab.pruning.structure import Structure
+
+PY = sys.executable
+
+
+def cli(*args, env=None, check=True):
+    e = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([PY, "-m", "prunelab.cli", *args], capture_output=True, text=True, env=e, check=check)
+
+
+def test_registry():
+    assert {"random", "l1", "slimming", "lzr", "bar", "pfs"} <= set(methods.list_methods())
+    with pytest.raises(UnknownNameError, match="Did you mean 'l1'"):
+        methods.get("l2")
+    with pytest.raises(ConfigError, match="no option"):
+        methods.create("l1", nromalize="mean")
+
+
+def test_l1_pipeline_through_cli_and_compact_command(tmp_path):
+    run = tmp_path / "p"
+    r = cli("prune", "resnet20_l1", "--scale", "ci", "--out", str(run), "--set", "train.progress=false")
+    assert "fine-tuned" in r.stdout
+    res = json.loads((run / "result.json").read_text())
+    rep = res["budget_report"]
+    assert rep["within_tolerance"] and rep["achieved"] <= rep["target"]
+    model = load_compact(run / "compact")
+    plan = Structure.load(run / "compact" / "plan.json")
+    assert plan.cost(models.describe(models.create("resnet20"))).macs == res["pruned_cost"]["mixed"]["macs"]
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+    assert "test accuracy" in cli("eval", str(run)).stdout
+    assert "finished stages: pretrain, prune, finetune" in cli("info", str(run)).stdout
+    out = cli("compact", str(run), "--out", str(tmp_path / "c")).stdout
+    assert (tmp_path / "c" / "plan.json").exists() and "written" in out
+
+
+def test_pipeline_resumes_after_a_kill_in_finetune(tmp_path):
+    args = ["prune", "resnet20_l1", "--scale", "ci", "--out", str(tmp_path / "p"),
+            "--set", "stages.finetune.train.epochs=2", "--set", "train.progress=false"]
+    killed = cli(*args, env={"PRUNELAB_TEST_SIGKILL_AT_STEP": "7"}, check=False)
+    assert killed.returncode == -9
+    state = json.loads((tmp_path / "p" / "pipeline.json").read_text())
+    assert state["done"] == ["pretrain", "prune"]  # killed during fine-tuning (5 steps per epoch)
+    cli(*args, "--resume")
+    assert json.loads((tmp_path / "p" / "pipeline.json").read_text())["done"][-1] == "finetune"
+
+
+def test_slimming_learns_sparser_bn_scales(tmp_path):
+    sets = ["method.name=slimming", "method.sparsity=0.01", "stages.learn.train.epochs=2", "train.progress=false"]
+    cfg = load_config("resnet20_l1", "ci", sets)
+    res = run_pipeline(cfg, tmp_path / "s", quiet=True)
+    learn = [m for m in json.loads("[" + ",".join((tmp_path / "s" / "metrics.jsonl").read_text().split()) + "]")
+             if m.get("stage") == "learn"]
+    assert learn and "bn_l1" in learn[0]
+    assert learn[-1]["bn_gamma_mean"] < 1.0  # the L1 penalty shrinks the scales from their init of 1
+    assert res["budget_report"]["within_tolerance"]
+
+
+def test_lzr_prunes_without_a_budget(tmp_path):
+    sets = ["method.name=lzr", "method.lambda=0.5", "method.gate_lr=0.5", "stages.learn.train.epochs=2",
+            "model.name=bar_wrn", "model.kwargs={k: 1, blocks_per_stage: 1}", "train.progress=false"]
+    cfg = load_config("resnet20_l1", "ci", sets + ["budget={}"])
+    res = run_pipeline(cfg, tmp_path / "z", quiet=True)
+    assert res["pruned_cost"]["mixed"]["volume"] < res["dense_cost"]["mixed"]["volume"]  # gates died
+
+
+def test_bar_mechanics(tmp_path):
+    from prunelab.analysis.bar import barrier, transition
+
+    cfg = load_config("bar_wrn_bar", "ci", ["train.progress=false", "budget.factor=2"])
+    res = run_pipeline(cfg, tmp_path / "b", quiet=True)
+    trace = np.load(tmp_path / "b" / "arrays" / "bar_trace.npy")
+    steps, v, b, f, l_hc = trace.T
+    total = steps.max() + 1
+    assert np.allclose(b, [(1 - transition(s / total)) * 1.01 * v[0] + transition(s / total) * v[0] / 2 for s in steps],
+                       rtol=1e-6)
+    assert np.allclose(f, [barrier(vi, 0.5 * v[0] * (1 - 1e-4), bi) for vi, bi in zip(v, b)])
+    assert res["budget_report"]["metric"] == "volume"
+
+
+def test_bar_budget_and_teacher_validation():
+    with pytest.raises(ConfigError, match="b0_factor"):
+        methods.create("bar", b0_factor=0.99)
+    m = methods.create("bar")
+    with pytest.raises(ConfigError, match="budget"):
+        m.prepare(models.describe(models.create("bar_wrn", k=1)), None)
+
+
+def test_pfs_gate_learning_keeps_weights_frozen(tmp_path):
+    cfg = load_config("resnet20_pfs", "ci", ["train.progress=false", "stages.finetune.enabled=false"])
+    run_pipeline(cfg, tmp_path / "f", quiet=True)
+    learned = torch.load(tmp_path / "f" / "learn.pt", weights_only=True)["state_dict"]
+    init = torch.load(tmp_path / "f" / "pretrain.pt", weights_only=True)["state_dict"]
+    for k, v in init.items():
+        if k.endswith(("weight", "bias")) and "running" not in k:
+            assert torch.equal(v, learned[f"net.{k}"]), k  # conv, BN affine and classifier never change
+    gates = torch.cat([v for k, v in learned.items() if k.startswith("gates.")])
+    assert gates.min() >= 0 and gates.max() <= 1 and gates.mean() < 1  # clamped, pulled toward r
+    # BN stays in train mode during gate learning: running statistics moved
+    assert not torch.equal(init["bn1.running_mean"], learned["net.bn1.running_mean"])
