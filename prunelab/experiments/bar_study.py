@@ -8,7 +8,8 @@ Scales (say what was run; methods.md §4.8, §6.4):
 * ``cpu``: the same network at k = 1 (16/32/64 channels, every conv output gated: 28 tensors, 1,024
   gates, V0 = 274,432), full CIFAR-10, batch 128; teacher 10 epochs; BAR 6 (pruning) + 3 (fine-tune)
   epochs; baselines 3 epochs per step; 1 extra sensitivity run per budget.
-* ``ci``: one block per stage, 300 training images, 1-3 epochs per phase: mechanics only.
+* ``ci``: one block per stage, 200 training images, one or two epochs per phase, no extra
+  sensitivity draws: mechanics only.
 
 The iterative baselines (supplement §3.2) start from the trained teacher and remove 50 % of every
 gated tensor per step (the contributors of each residual trunk share one mask, L6), retraining after
@@ -39,7 +40,7 @@ from . import results_path
 
 PRUNING_FACTORS = (2, 4, 8, 16)
 SETTINGS = {
-    "ci": {"sensitivity_runs": 1, "baseline_epochs": 1, "baselines": ("random",)},
+    "ci": {"sensitivity_runs": 0, "baseline_epochs": 1, "baselines": ("random",)},
     "cpu": {"sensitivity_runs": 1, "baseline_epochs": 3, "baselines": ("random",)},
     "paper": {"sensitivity_runs": 10, "baseline_epochs": 50, "baselines": ("random", "wm")},
 }
@@ -102,7 +103,7 @@ def _summarize_pipeline(run_dir: Path, spec, extra: dict) -> dict:
         "accuracy_before_finetune": res["pruned_test_acc_before_finetune"],
         "budget_met": rep.get("budget_met"), "removed_branches": rep.get("removed_branches", []),
         "revived_channels": rep.get("revived_channels", []), "barrier_overshoots": rep.get("barrier_overshoots"),
-        "alive": structure.counts(), "regular_vs_mixed": regular_vs_mixed(spec, structure),
+        "alive": structure.counts(), "structure": structure.to_dict(), "regular_vs_mixed": regular_vs_mixed(spec, structure),
         "trace": trace, "metrics": read_metrics(run_dir), "wall_time_s": res.get("wall_time_s"),
     }
 

@@ -32,7 +32,7 @@ from ..utils import read_json, to_jsonable, write_json
 from . import results_path
 
 SETTINGS = {
-    "ci": {"model": "resnet20", "seeds": (0, 1), "epochs": (0, 1, 2), "pretrain_epochs": 2, "ratios": (0.3, 0.5),
+    "ci": {"model": "resnet20", "seeds": (0, 1), "epochs": (0, 1, 2), "pretrain_epochs": 2, "ratios": (0.5,),
            "rates": (1.0, 1.5), "runs": 1, "scratch_epochs": 1},
     "cpu": {"model": "resnet20", "seeds": (0, 1, 2), "epochs": (0, 1, 2, 4), "pretrain_epochs": 4,
             "ratios": (0.3, 0.5, 0.7), "rates": (0.75, 1.0, 1.5), "runs": 2, "scratch_epochs": 2},

@@ -361,10 +361,33 @@ class Trainer:
         self._sums = {}
         if self.run is not None:
             self.run.log(record)
+            self._tensorboard(record)
             self.save_state()
             if self.epoch in self.cfg.keep_epochs:
                 self._save_snapshot(self.epoch)
         return record
+
+    def _tensorboard(self, record: dict) -> None:
+        """Mirror the epoch record to TensorBoard when ``train.tensorboard`` is set (optional extra)."""
+        if not self.cfg.tensorboard or self.rank != 0:
+            return
+        if not hasattr(self, "_tb"):
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.run.file("tensorboard")))
+            except ImportError:
+                import warnings
+
+                warnings.warn("train.tensorboard is set but tensorboard is not installed; "
+                              "pip install 'prunelab[tensorboard]'", stacklevel=2)
+                self._tb = None
+        if self._tb is not None:
+            prefix = f"{self.stage}/" if self.stage else ""
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self._tb.add_scalar(prefix + k, v, record["step"])
+            self._tb.flush()
 
     def _summary(self, r: dict) -> str:
         parts = [f"{self.stage + ' ' if self.stage else ''}epoch {r['epoch']}/{self.cfg.epochs}",

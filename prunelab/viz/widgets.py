@@ -67,3 +67,135 @@ class BudgetExplorer:
         from IPython.display import display
 
         display(self.widget)
+
+
+class _FigureWidget:
+    """Common layout: controls, an output area holding one figure, a text label (updated last)."""
+
+    figsize = (6.5, 3.8)
+
+    def __init__(self, controls):
+        self.out = W.Output()
+        self.label = W.Label()
+        for c in controls:
+            c.observe(self.on_change, names="value")
+        self.widget = W.VBox([W.HBox(controls), self.out, self.label])
+
+    def on_change(self, change=None):
+        self.update()
+
+    def draw(self, ax) -> str:
+        raise NotImplementedError
+
+    def update(self):
+        with self.out:
+            self.out.clear_output(wait=True)
+            fig, ax = plt.subplots(figsize=self.figsize)
+            text = self.draw(ax)
+            plt.show()
+        self.label.value = text
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
+
+
+class ConcreteExplorer(_FigureWidget):
+    """log α and β sliders for the Binary vs Hard Concrete density (BAR supplement Fig. 3)."""
+
+    def __init__(self, log_alpha: float = 0.0, beta: float = 2 / 3):
+        self.log_alpha = W.FloatSlider(value=log_alpha, min=-4, max=4, step=0.1, description="log α",
+                                       continuous_update=False)
+        self.beta = W.FloatSlider(value=beta, min=0.2, max=1.0, step=0.01, description="β", continuous_update=False)
+        super().__init__([self.log_alpha, self.beta])
+        self.update()
+
+    def draw(self, ax):
+        from ..analysis import hard_concrete as hc
+        from .bar import plot_concrete_pdf
+
+        plot_concrete_pdf(self.log_alpha.value, self.beta.value, ax=ax)
+        p0 = float(hc.hc_prob_zero(self.log_alpha.value, self.beta.value))
+        p1 = float(hc.hc_prob_one(self.log_alpha.value, self.beta.value))
+        return f"P(z=0) = {p0:.4f}, P(z=1) = {p1:.4f}, P(z≠0) = {1 - p0:.4f}"
+
+
+class TransitionExplorer(_FigureWidget):
+    """A hardness slider for the budget schedule T(t, d) (BAR supplement §1)."""
+
+    def __init__(self, d: float = 10.0):
+        self.d = W.FloatLogSlider(value=d, base=10, min=-2, max=2, step=0.05, description="d", continuous_update=False)
+        super().__init__([self.d])
+        self.update()
+
+    def draw(self, ax):
+        from ..analysis.bar import transition
+        from .bar import plot_transition
+
+        plot_transition(ds=(0.01, 10.0, self.d.value), ax=ax)
+        return f"d = {self.d.value:.3g}: T(0.25) = {float(transition(0.25, self.d.value)):.4f}, " \
+               f"T(0.5) = {float(transition(0.5, self.d.value)):.4f}, T(0.75) = {float(transition(0.75, self.d.value)):.4f}"
+
+
+class ActiveNeuronsExplorer(_FigureWidget):
+    """Pick a pruning factor: active neurons per section of that network next to the full network."""
+
+    figsize = (9, 3.8)
+
+    def __init__(self, sections: dict, scale: str):
+        self.sections, self.scale = sections, scale
+        labels = [k for k in sections if k != "full"]
+        self.factor = W.Dropdown(options=labels, value=labels[-1], description="network")
+        super().__init__([self.factor])
+        self.update()
+
+    def draw(self, ax):
+        from .bar import plot_active_neurons
+
+        chosen = {"full": self.sections["full"], self.factor.value: self.sections[self.factor.value]}
+        plot_active_neurons(chosen, ax=ax, scale=self.scale, colors=["0.7", "tab:red"])
+        df = self.sections[self.factor.value]
+        gone = df[df["eliminated"].astype(bool)]["section"].tolist()
+        return (f"{self.factor.value}: {int(df['alive'].sum())} of {int(self.sections['full']['alive'].sum())} "
+                f"feature maps alive; residual branches eliminated: {', '.join(gone) if gone else 'none'}")
+
+
+class StructureExplorer(_FigureWidget):
+    """Pick a seed and a checkpoint (and a second structure): per-layer widths vs the full widths (PFS)."""
+
+    figsize = (8, 3.8)
+
+    def __init__(self, study: dict):
+        self.study = study
+        seeds, epochs = study["seeds"], study["epochs"]
+        self.seed = W.Dropdown(options=seeds, value=seeds[0], description="seed")
+        self.epoch = W.Dropdown(options=epochs, value=epochs[0], description="checkpoint")
+        self.seed2 = W.Dropdown(options=seeds, value=seeds[-1], description="vs seed")
+        self.epoch2 = W.Dropdown(options=epochs, value=epochs[-1], description="checkpoint")
+        super().__init__([self.seed, self.epoch, self.seed2, self.epoch2])
+        self.update()
+
+    def widths(self, seed, epoch):
+        for s in self.study["structures"]:
+            if s["seed"] == seed and s["epoch"] == epoch:
+                return np.asarray(s["widths"])
+        raise KeyError((seed, epoch))
+
+    def draw(self, ax):
+        from .style import scale_label
+
+        full = np.asarray(self.study["full_widths"])
+        a = self.widths(self.seed.value, self.epoch.value)
+        b = self.widths(self.seed2.value, self.epoch2.value)
+        x = np.arange(len(full))
+        name = lambda s, e: f"seed {s}, {'random init' if e == 0 else f'epoch {e}'}"  # noqa: E731
+        ax.plot(x, full, "--", color="0.6", label="full width")
+        ax.plot(x, a, "o-", color="tab:red" if self.epoch.value == 0 else "tab:blue", label=name(self.seed.value, self.epoch.value))
+        ax.plot(x, b, "s-", color="tab:orange", alpha=0.8, label=name(self.seed2.value, self.epoch2.value))
+        ax.set_xlabel("gated layer (block middle) index")
+        ax.set_ylabel("channels kept")
+        ax.set_title(f"Pruned structures at 50% MACs\n{scale_label(self.study['scale'])}")
+        ax.legend(fontsize=7)
+        r = np.corrcoef(a, b)[0, 1] if a.std() > 0 and b.std() > 0 else float("nan")
+        return f"Pearson r between the two structures (channel counts): {r:.3f}; channels kept {int(a.sum())} vs {int(b.sum())}"
