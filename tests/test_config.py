@@ -19,6 +19,7 @@ def test_set_overrides_are_typed():
     assert cfg.train.epochs == 30 and cfg.optim.lr == 0.1 and cfg.model.kwargs == {"width": 32}
     assert cfg.train.keep_epochs == [0, 1, 2]
     assert parse_set(["a.b=x"]) == {"a": {"b": "x"}}
+    assert parse_set(["method.lambda=3e-4"]) == {"method": {"lambda": 3e-4}}  # YAML 1.1 would say "3e-4"
 
 
 @pytest.mark.parametrize("sets,needle", [

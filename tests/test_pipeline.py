@@ -114,3 +114,9 @@ def test_pfs_gate_learning_keeps_weights_frozen(tmp_path):
     assert gates.min() >= 0 and gates.max() <= 1 and gates.mean() < 1  # clamped, pulled toward r
     # BN stays in train mode during gate learning: running statistics moved
     assert not torch.equal(init["bn1.running_mean"], learned["net.bn1.running_mean"])
+
+
+def test_method_options_given_as_text_become_numbers():
+    assert methods.create("bar", **{"lambda": "3e-4"}).options["lambda"] == 3e-4
+    with pytest.raises(ConfigError, match="must be a number"):
+        methods.create("bar", **{"lambda": "lots"})

@@ -49,6 +49,13 @@ class Method(Hook):
         if bad:
             raise ConfigError(f"method {self.name!r} has no option {bad[0]!r}.{suggest(bad[0], valid)} "
                               f"Valid options: {', '.join(sorted(valid))}")
+        for k, v in options.items():  # numbers given as text (e.g. from YAML's "1e-3") become numbers
+            d = self.defaults.get(k)
+            if isinstance(d, (int, float)) and not isinstance(d, bool) and isinstance(v, str):
+                try:
+                    options[k] = type(d)(float(v))
+                except ValueError:
+                    raise ConfigError(f"method {self.name} option {k} must be a number, got {v!r}") from None
         self.options = {"slots": None, "mode": "global", "min_channels": 1, "groups": "none",
                         **self.defaults, **options}
         if self.options["groups"] not in ("none", "trunk"):
