@@ -43,6 +43,7 @@ class BudgetAwareRegularization(Method):
     learns = True
     defaults = {
         "lambda": 1e-5, "d": 10.0, "b0_factor": 1.01, "margin": 1e-4, "cap": 1e10, "gate_lr": 1e-3,
+        "gate_optimizer": "adam",
         "sparsity_weight": "none", "teacher": None, "kd_temperature": 4.0, "kd_alpha": 0.9,
         "init": ("uniform", 0.0, 0.01), "noise": "batch", "clean": True, "post_prune_scale": "one",
     }
@@ -102,7 +103,12 @@ class BudgetAwareRegularization(Method):
 
     def param_groups(self, trainer):
         gates = [g.log_alpha for _, g in trainer.model.items()]
-        return [ParamGroup("gates", gates, optimizer="adam", lr=self.options["gate_lr"], schedule="main")]
+        opt = self.options["gate_optimizer"]
+        if opt not in ("adam", "sgd"):
+            raise ConfigError(f"bar gate_optimizer must be adam or sgd, got {opt!r}")
+        # Adam moves every gate by about gate_lr per step whatever its gradient's size; SGD keeps the
+        # Hard Concrete loss's own weighting (saturated gates get a tiny sparsity gradient)
+        return [ParamGroup("gates", gates, optimizer=opt, lr=self.options["gate_lr"], momentum=0.9, schedule="main")]
 
     # -- the budget --------------------------------------------------------------------------------
     def current_cost(self, gated) -> float:
