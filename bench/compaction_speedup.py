@@ -61,7 +61,7 @@ def latencies(models_, x, min_time: float = 1.0, rounds: int = 8) -> list[float]
     return best
 
 
-def pruned(name: str, factor: float, seed: int = 0):
+def pruned(name: str, factor: float, seed: int = 0, slots: str = "mid", mode: str = "global", groups: str = "none"):
     torch.manual_seed(seed)
     net = models.create(name).eval()
     with torch.no_grad():  # trained-looking BN statistics, so folding is exercised for real
@@ -70,7 +70,7 @@ def pruned(name: str, factor: float, seed: int = 0):
                 m.running_var.uniform_(0.5, 2.0)
                 m.running_mean.uniform_(-0.2, 0.2)
     spec = models.describe(net)
-    method = methods.create("l1")
+    method = methods.create("l1", slots=slots.split(","), mode=mode, groups=groups)
     structure, report = method.select(net, spec, Budget("macs", 1 / factor))
     return net, compact(net, structure), count(spec).macs / count(spec, structure).macs
 
@@ -83,9 +83,13 @@ def main():
     ap.add_argument("--batches", default="1,128")
     ap.add_argument("--modes", default="eager,script")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--slots", default="mid", help="gated tensors pruned: mid (block middles) or mid,delta (also "
+                    "each block's output, BAR's mixed blocks: the trunk keeps its width, deltas are scattered in)")
+    ap.add_argument("--mode", default="global", choices=("global", "uniform"), help="budget ranking")
     ap.add_argument("--time", type=float, default=1.0, help="seconds of timing per measurement")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    print(f"pruned tensors: {args.slots}, {args.mode} ranking by l1 scores")
     print(f"torch {torch.__version__}, {args.threads} CPU threads; latency = min over 8 alternating blocks; "
           f"quotient = (dense latency / compact latency) / (dense MACs / compact MACs)")
     print(f"{'model':<9} {'MACs÷':>6} {'batch':>5} {'mode':<7} {'BN':<7} {'dense ms':>9} {'compact ms':>10} "
@@ -93,7 +97,7 @@ def main():
     rows = []
     for name in args.models.split(","):
         for factor in map(float, args.factors.split(",")):
-            dense, small, macs_ratio = pruned(name, factor)
+            dense, small, macs_ratio = pruned(name, factor, slots=args.slots, mode=args.mode)
             for batch in map(int, args.batches.split(",")):
                 for mode in args.modes.split(","):
                     for folded in (False, True):
@@ -114,6 +118,8 @@ def main():
             if r[2] == batch:
                 key = (r[0], round(r[1], 1))
                 best[key] = max(best.get(key, 0), r[8])
+        if not best:
+            continue
         ok = all(v >= target for v in best.values())
         print(f"batch {batch}: best quotient per (model, MACs ratio) = "
               f"{', '.join(f'{k[0]} {k[1]}x: {v:.2f}' for k, v in best.items())}; target {target}: {'met' if ok else 'NOT met'}")

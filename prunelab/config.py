@@ -12,6 +12,8 @@ and ``paper`` entries override the rest at that scale::
 
 Resolution order: defaults < file < ``scales[scale]`` < ``--set key=value`` overrides. Unknown keys
 and out-of-range values raise :class:`~prunelab.errors.ConfigError` naming the key and the fix.
+Switching the method with ``--set method.name=X`` starts ``X`` from its own defaults (the file's method
+options are dropped, since they belong to another method).
 """
 
 from __future__ import annotations
@@ -306,6 +308,11 @@ def resolve_dict(raw: dict, scale: str | None = None, overrides: dict | None = N
     if unknown:
         raise ConfigError(f"scales block has unknown scale(s) {sorted(unknown)}; valid: {SCALES}")
     merged = deep_merge(raw, scales.get(scale, {}))
+    new_method = ((overrides or {}).get("method") or {}).get("name")
+    if new_method and new_method != (merged.get("method") or {}).get("name"):
+        # switching methods with --set method.name=X starts X from its own defaults: the file's
+        # options belong to the other method and would be rejected as unknown
+        merged["method"] = {}
     merged = deep_merge(merged, overrides or {})
     merged["scale"] = scale
     return merged

@@ -34,7 +34,7 @@ class UnknownNameError(PrunelabError, KeyError):
 
     def __init__(self, kind: str, name: str, valid):
         valid = sorted(valid)
-        close = difflib.get_close_matches(str(name), valid, n=1)
+        close = difflib.get_close_matches(str(name), valid, n=1, cutoff=0.5)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         super().__init__(f"unknown {kind} {name!r}.{hint} Valid {kind}s: {', '.join(valid)}")
 
@@ -44,5 +44,5 @@ class UnknownNameError(PrunelabError, KeyError):
 
 def suggest(name: str, valid) -> str:
     """Return ' Did you mean X?' for the closest valid name, or ''."""
-    close = difflib.get_close_matches(str(name), sorted(valid), n=1)
+    close = difflib.get_close_matches(str(name), sorted(valid), n=1, cutoff=0.5)
     return f" Did you mean {close[0]!r}?" if close else ""

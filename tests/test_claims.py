@@ -55,3 +55,40 @@ def test_random_baseline_halves_volume_per_step(bar):
     rnd = sorted((r for r in bar["baselines"] if r["method"] == "Random"), key=lambda r: r["pf"])
     assert [round(r["v_factor"], 6) for r in rnd] == [2, 4, 8, 16]
     assert all(r["f_factor"] > r["v_factor"] for r in rnd)  # F grows about as V^2
+
+
+def _bar_vs_random(bar):
+    acc = {r["pf"]: r["accuracy"] for r in bar["runs"]}
+    rnd = {r["pf"]: r["accuracy"] for r in bar["baselines"] if r["method"] == "Random"}
+    return {pf: (acc[pf], rnd[pf]) for pf in (4, 8)}
+
+
+def test_bar_beats_random_pruning_at_factors_4_and_8(bar):
+    for pf, (a_bar, a_rnd) in _bar_vs_random(bar).items():
+        assert a_bar > a_rnd, f"PF {pf}: BAR {a_bar:.4f} vs random {a_rnd:.4f}"
+
+
+# -- PFS (supplement 002, Fig. S1/S2) ------------------------------------------------------------------
+
+def test_pfs_results_are_cpu_scale_real_data(pfs):
+    assert pfs["scale"] == "cpu" and pfs["model"] == "resnet20"
+    assert len(pfs["seeds"]) >= 3 and 0 in pfs["epochs"]
+    assert len(pfs["structures"]) == len(pfs["seeds"]) * len(pfs["epochs"])
+    for s in pfs["structures"]:  # every structure is the 50 % MACs pruning of the unexpanded ResNet-20
+        assert abs(s["reduction"] - 0.5) < 0.005, s
+        assert all(1 <= w <= f for w, f in zip(s["widths"], pfs["full_widths"]))
+    # pre-training really trained: the last checkpoint is far above chance on the test set
+    last = str(max(pfs["epochs"]))
+    assert all(acc[last] > 0.6 for acc in pfs["pretrain_acc"].values())
+
+
+@pytest.mark.parametrize("kind", ["counts", "ratio"])
+def test_pfs_random_structures_unlike_pretrained_ones(pfs, kind):
+    c = claims(summarize(pfs, kind=kind))["1_random_unlike_pretrained"]
+    assert c["evaluated"] and c["holds"], c
+
+
+@pytest.mark.parametrize("kind", ["counts", "ratio"])
+def test_pfs_random_structures_more_diverse_across_seeds(pfs, kind):
+    c = claims(summarize(pfs, kind=kind))["2_random_more_diverse"]
+    assert c["evaluated"] and c["holds"], c

@@ -16,6 +16,7 @@ from prunelab.pruning.budget import Budget
 from prunelab.pruning.compact import load_compact
 from prunelab.pruning.pipeline import run_pipeline
 from prunelab.pruning.structure import Structure
+from prunelab.train.rundir import read_metrics
 
 PY = sys.executable
 
@@ -65,8 +66,7 @@ def test_slimming_learns_sparser_bn_scales(tmp_path):
     sets = ["method.name=slimming", "method.sparsity=0.01", "stages.learn.train.epochs=2", "train.progress=false"]
     cfg = load_config("resnet20_l1", "ci", sets)
     res = run_pipeline(cfg, tmp_path / "s", quiet=True)
-    learn = [m for m in json.loads("[" + ",".join((tmp_path / "s" / "metrics.jsonl").read_text().split()) + "]")
-             if m.get("stage") == "learn"]
+    learn = [m for m in read_metrics(tmp_path / "s") if m.get("stage") == "learn"]
     assert learn and "bn_l1" in learn[0]
     assert learn[-1]["bn_gamma_mean"] < 1.0  # the L1 penalty shrinks the scales from their init of 1
     assert res["budget_report"]["within_tolerance"]

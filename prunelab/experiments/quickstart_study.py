@@ -1,7 +1,9 @@
 """Quickstart study: a dense ResNet-20, then ``l1`` pruning of it to 50 % MACs and a short fine-tune.
 
-* ``cpu``: 15 epochs of one-cycle SGD on full CIFAR-10 (the foundation's reference run), then l1 to
-  50 % MACs and 8 fine-tuning epochs.
+* ``cpu``: 30 epochs of one-cycle SGD on full CIFAR-10 (the checkpoint every cpu pruning run starts
+  from: ``prunelab train resnet20 --set train.epochs=30 --out runs/resnet20-30ep``), then the
+  ``resnet20_l1`` cpu run: l1 to 50 % MACs and 8 fine-tuning epochs. ``--out`` folders whose ``dense``
+  and ``l1`` entries link to those two runs reuse them.
 * ``ci``: 250 images, 2 + 1 epochs (mechanics only).
 """
 
@@ -25,7 +27,8 @@ def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, result
     prog = "train.progress=false" if quiet else "train.progress=true"
     dense_dir, l1_dir = out / "dense", out / "l1"
     if not (dense_dir / "result.json").exists():
-        train(load_config("resnet20", scale, [prog]), dense_dir, resume=True, quiet=quiet)
+        sets = [prog] + (["train.epochs=30"] if scale == "cpu" else [])
+        train(load_config("resnet20", scale, sets), dense_dir, resume=True, quiet=quiet)
     if not (l1_dir / "result.json").exists():
         cfg = load_config("resnet20_l1", scale, [prog, f"stages.pretrain.init_from={dense_dir / 'model.pt'}"])
         run_pipeline(cfg, l1_dir, resume=True, quiet=quiet)

@@ -93,8 +93,12 @@ class Method(Hook):
 
     def groups(self, spec: ModelSpec):
         if self.options["groups"] == "trunk":
+            trunks = spec.trunks()
+            if not trunks:
+                raise ConfigError(f"method option groups: trunk, but model {spec.model} declares no residual trunks "
+                                  f"among its gated tensors (its trunk input is not gated); use groups: none")
             chosen = {t.name for t in self.tensors(spec)}
-            return [[n for n in members if n in chosen] for members in spec.trunks().values()]
+            return [[n for n in members if n in chosen] for members in trunks.values()]
         return None
 
     def select(self, model: nn.Module, spec: ModelSpec, budget: Budget | None) -> tuple[Structure, dict]:

@@ -19,7 +19,7 @@ from ..errors import ConfigError
 from ..pruning.budget import solve_budget
 from ..pruning.compact import compact
 from ..pruning.gates import FixedGate, GatedModel, HardConcreteGate, attach_gates
-from ..pruning.structure import Structure
+from ..pruning.structure import Structure, ensure_connected
 from ..train.trainer import ParamGroup
 from . import register
 from .base import Method
@@ -84,7 +84,10 @@ class L0Regularization(Method):
                                 model_kwargs=model.prunelab_kwargs)
         if self.options["select"] != "threshold":
             raise ConfigError("lzr option select must be threshold or budget")
-        return Structure.from_gates(model), {"rule": "deterministic gate > 0 (log alpha > -2.398)"}
+        s = Structure.from_gates(model)
+        # a layer whose gates all closed would disconnect the network: revive its best channel
+        s = ensure_connected(s, spec, {n: g.log_alpha.detach().cpu().numpy() for n, g in model.items()})
+        return s, {"rule": "deterministic gate > 0 (log alpha > -2.398)", "revived": s.meta.get("revived", [])}
 
     def hard_prune(self, model, structure):
         if self.options["post_prune_scale"] == "zhat":

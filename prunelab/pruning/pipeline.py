@@ -132,7 +132,15 @@ def run_pipeline(cfg: Config, out=None, *, resume: bool = False, force: bool = F
         pre = (cfg.stages or {}).get("pretrain") or {}
         init = pre.get("init_from") or cfg.train.init_from
         if state.done("pretrain"):
-            load_weights(net, run.file("pretrain.pt"))
+            # a pretrain stage trained here saved pretrain.pt; one initialised from a checkpoint recorded it
+            recorded = state.data["pretrain"].get("init_from")
+            if run.file("pretrain.pt").exists() or not recorded:
+                load_weights(net, run.file("pretrain.pt"))
+            else:
+                if not Path(recorded).exists():
+                    raise ConfigError(f"cannot resume {out}: its pretrain stage started from {recorded}, which no "
+                                      f"longer exists; restore that checkpoint or start again with --force")
+                load_weights(net, recorded)
         elif init:
             load_weights(net, init)
             state.mark("pretrain", init_from=str(init))
@@ -144,6 +152,11 @@ def run_pipeline(cfg: Config, out=None, *, resume: bool = False, force: bool = F
                     ).fit(resume=run.resumed)
             run.save("pretrain.pt", weights_payload(net))
             state.mark("pretrain", epochs=c.train.epochs)
+        else:
+            # no pretraining: keep the random initial weights the structure is learned on (PFS studies
+            # compare against them, and a resumed run must not depend on re-drawing them)
+            run.save("pretrain.pt", weights_payload(net))
+            state.mark("pretrain", random_init=True)
         _, ev0 = loaders(cfg)
         test = ev0["test"]
         mf = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
