@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parts", help="comma-separated parts to run (default: all)")
     p.add_argument("--results", help="results file (default results/<name>_<scale>.json)")
     p.add_argument("--resume", action="store_true", help="accepted for symmetry: experiments always continue")
+    p.add_argument("--collect", action="store_true",
+                   help="start no new training: aggregate the sub-runs already finished (partial results, marked so)")
     p = sub.add_parser("list", help="list models, methods or bundled configs")
     p.add_argument("what", nargs="?", choices=("models", "methods", "configs"), default="models")
     return ap
@@ -144,7 +146,7 @@ def cmd_experiment(args) -> int:
     from .experiments import run
 
     parts = args.parts.split(",") if args.parts else None
-    run(args.name, _scale(args), args.out, parts=parts, results=args.results)
+    run(args.name, _scale(args), args.out, parts=parts, results=args.results, collect=args.collect)
     return 0
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import UnknownNameError
+from ..errors import ConfigError, UnknownNameError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RESULTS_DIR = REPO_ROOT / "results"
@@ -33,11 +33,17 @@ def experiments() -> dict:
     return out
 
 
-def run(name: str, scale: str, out=None, *, parts=None, quiet: bool = False, results=None) -> dict:
+def run(name: str, scale: str, out=None, *, parts=None, quiet: bool = False, results=None,
+        collect: bool = False) -> dict:
+    """Run (or continue) study ``name``; ``collect=True`` trains nothing and aggregates the finished
+    sub-runs (the results then list what is missing under ``"missing"``)."""
     exps = experiments()
     if name not in exps:
         raise UnknownNameError("experiment", name, exps)
-    return exps[name](scale, out, parts=parts, quiet=quiet, results=results)
+    kw = {"collect": True} if collect else {}
+    if collect and name not in ("bar", "pfs"):
+        raise ConfigError(f"--collect is supported by the bar and pfs studies, not {name!r}")
+    return exps[name](scale, out, parts=parts, quiet=quiet, results=results, **kw)
 
 
 def resolve_scale(requested: str | None, name: str) -> str:

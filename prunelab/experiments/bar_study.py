@@ -34,6 +34,7 @@ import torch
 from .. import models
 from ..analysis.bar import active_neurons, regular_vs_mixed
 from ..config import load_config
+from ..errors import ConfigError
 from ..counting import count
 from ..pruning.compact import compact, expand, load_compact, save_compact
 from ..pruning.pipeline import run_pipeline
@@ -139,8 +140,9 @@ def _l1_scores(model, spec) -> dict:
             for t in spec.tensors}
 
 
-def run_baseline(kind: str, scale: str, out: Path, teacher_path: Path, quiet=False) -> list[dict]:
-    """Iterative random / weight-magnitude pruning from the teacher (supplement §3.2)."""
+def run_baseline(kind: str, scale: str, out: Path, teacher_path: Path, quiet=False, collect=False) -> list[dict]:
+    """Iterative random / weight-magnitude pruning from the teacher (supplement §3.2); ``collect``:
+    stop at the first unfinished step instead of training it."""
     cfg = load_config("bar_wrn_teacher", scale, [f"train.epochs={SETTINGS[scale]['baseline_epochs']}",
                                                  f"schedule.milestones=[{max(1, SETTINGS[scale]['baseline_epochs'] - 1)}]",
                                                  "train.progress=false" if quiet else "train.progress=true"])
@@ -156,6 +158,8 @@ def run_baseline(kind: str, scale: str, out: Path, teacher_path: Path, quiet=Fal
         d = out / kind / f"step{step}"
         scores = None if kind == "random" else _l1_scores(dense, spec)
         structure = _halve(structure, spec, scores, rng)
+        if not _done(d) and collect:
+            break
         if _done(d):
             pruned = load_compact(d / "compact")
             structure = Structure.load(d / "compact" / "plan.json")
@@ -190,8 +194,9 @@ def _dist():
     return DistInfo()
 
 
-def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, results=None) -> dict:
-    """Run (or continue) the BAR study at ``scale``; returns and writes the aggregated results."""
+def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, results=None, collect=False) -> dict:
+    """Run (or continue) the BAR study at ``scale``; returns and writes the aggregated results.
+    ``collect``: train nothing, aggregate the finished sub-runs and list the missing ones."""
     out = Path(out or f"runs/bar-{scale}")
     results_file = Path(results) if results else results_path("bar", scale)
     parts = tuple(parts or PARTS)
@@ -200,7 +205,10 @@ def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, result
     # teacher --------------------------------------------------------------------------------------
     tdir = out / "teacher"
     tcfg = load_config("bar_wrn_teacher", scale, [prog])
+    missing = []
     if not _done(tdir):
+        if collect:
+            raise ConfigError(f"--collect: the teacher run {tdir} has not finished; nothing to aggregate")
         train(tcfg, tdir, resume=True, quiet=quiet)
     teacher = read_json(tdir / "result.json")
     _say(quiet, f"teacher: {100 * teacher['final']['test_acc']:.2f}% test accuracy")
@@ -216,16 +224,21 @@ def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, result
     first = [pf for pf in (4, 8) if pf in PRUNING_FACTORS]
     if "bar" in parts:
         for pf in first:
-            if not _done(out / f"bar-v{pf}"):
+            if not _done(out / f"bar-v{pf}") and not collect:
                 run_pipeline(bar_config(pf), out / f"bar-v{pf}", resume=True, quiet=quiet)
     if "baselines" in parts:
         for kind in SETTINGS[scale]["baselines"]:
-            baselines += run_baseline(kind, scale, out, tdir / "model.pt", quiet)
+            rows = run_baseline(kind, scale, out, tdir / "model.pt", quiet, collect)
+            missing += [f"{kind} PF {pf}" for pf in PRUNING_FACTORS[len(rows):]]
+            baselines += rows
     if "bar" in parts:
         for pf in PRUNING_FACTORS:
             d = out / f"bar-v{pf}"
             cfg = bar_config(pf)
             if not _done(d):
+                if collect:
+                    missing.append(f"BAR PF {pf}")
+                    continue
                 run_pipeline(cfg, d, resume=True, quiet=quiet)
             runs.append(_summarize_pipeline(d, spec, {"method": "BAR", "pf": pf, "budget": "volume",
                                                       "hyperparameters": cfg.method}))
@@ -246,6 +259,9 @@ def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, result
                 sets.append(f"stages.finetune.optim.lr={hp['optim.lr']}")
                 cfg = load_config("bar_wrn_bar", scale, sets)
                 if not _done(d):
+                    if collect:
+                        missing.append(f"sensitivity PF {pf} run {i + 1}")
+                        continue
                     run_pipeline(cfg, d, resume=True, quiet=quiet)
                 sensitivity.append(_summarize_pipeline(d, spec, {"method": "BAR", "pf": pf, "run": i + 1,
                                                                  "hyperparameters": hp}))
@@ -262,6 +278,7 @@ def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, result
         "full_active_neurons": active_neurons(spec).to_dict("records"),
         "runs": runs, "baselines": baselines, "sensitivity": sensitivity,
         "data_source": teacher.get("data_source"), "wall_time_s": time.time() - t0,
+        "complete": not missing, "missing": missing,
     }
     write_json(results_file, to_jsonable(results))
     _say(quiet, f"results written to {results_file}")

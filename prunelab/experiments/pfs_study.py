@@ -70,8 +70,9 @@ def _scratch_epochs(s: dict, ratio: float) -> int:
     return s["scratch_epochs"] or int(160 / (1 - ratio))
 
 
-def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, results=None) -> dict:
-    """Run (or continue) the PFS study at ``scale``; returns and writes the aggregated results."""
+def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, results=None, collect=False) -> dict:
+    """Run (or continue) the PFS study at ``scale``; returns and writes the aggregated results.
+    ``collect``: train nothing, aggregate the finished sub-runs and list the missing ones."""
     s = SETTINGS[scale]
     out = Path(out or f"runs/pfs-{scale}")
     results_file = Path(results) if results else results_path("pfs", scale)
@@ -84,16 +85,23 @@ def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, result
              "full_widths": [spec.tensor(n).channels for n in layers], "seeds": list(s["seeds"]),
              "epochs": list(s["epochs"]), "structures": [], "pretrain_acc": {}, "gate_learning": [],
              "command": f"prunelab experiment pfs --scale {scale} --out {out}", "settings": dict(s)}
+    missing = []
     # structures from random weights and from pre-training checkpoints -----------------------------
     if "structures" in parts:
         for seed in s["seeds"]:
             pdir = out / f"pretrain-s{seed}"
+            if not _done(pdir) and collect:
+                missing.append(f"seed {seed}")
+                continue
             if not _done(pdir):
                 train(load_config(s["model"], scale, _pretrain_sets(s, scale, seed, prog)), pdir, resume=True, quiet=quiet)
             accs = {str(r["epoch"]): r.get("test_acc") for r in read_metrics(pdir)}
             study["pretrain_acc"][str(seed)] = accs
             for epoch in s["epochs"]:
                 gdir = out / f"gates-s{seed}-e{epoch}"
+                if not _done(gdir) and collect:
+                    missing.append(f"structure seed {seed} epoch {epoch}")
+                    continue
                 if not _done(gdir):
                     sets = _gate_sets(s, seed, prog) + [f"stages.pretrain.init_from={pdir / f'epoch_{epoch}.pt'}"]
                     run_pipeline(load_config("resnet20_pfs", scale, sets), gdir, resume=True, quiet=quiet)
@@ -117,6 +125,9 @@ def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, result
         for run_i in range(s["runs"]):
             for rate, ratio in points:
                 d = out / f"sweep-rate{rate}-ratio{ratio}-run{run_i}"
+                if not _done(d) and collect:
+                    missing.append(f"sweep rate {rate} ratio {ratio} run {run_i}")
+                    continue
                 if not _done(d):
                     width = int(round(16 * rate)) if s["model"].startswith("resnet") else rate
                     sets = [f"model.name={s['model']}", f"model.kwargs.width={width}", f"train.seed={100 + run_i}",
@@ -133,6 +144,9 @@ def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, result
                     sweeps["expansion"].append(row)
                 _say(quiet, f"sweep rate {rate} ratio {ratio} run {run_i}: {100 * row['acc']:.2f}%")
             fdir = out / f"full-run{run_i}"
+            if not _done(fdir) and collect:
+                missing.append(f"full run {run_i}")
+                continue
             if not _done(fdir):
                 sets = [f"model.name={s['model']}", f"train.seed={100 + run_i}",
                         f"train.epochs={_scratch_epochs(s, 0.5)}", prog]
@@ -140,8 +154,9 @@ def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, result
             sweeps["full"].append({"run": run_i, "acc": read_json(fdir / "result.json")["final"]["test_acc"]})
         study["sweeps"] = {"expansion": sweeps["expansion"], "pruning_ratio": sweeps["pruning_ratio"]}
         accs = [r["acc"] for r in sweeps["full"]]
-        study["full_acc"] = sum(accs) / len(accs)
+        study["full_acc"] = sum(accs) / len(accs) if accs else None
         study["full_runs"] = sweeps["full"]
+    study["complete"], study["missing"] = not missing, missing
     study["wall_time_s"] = time.time() - t0
     study["created"] = time.strftime("%Y-%m-%d %H:%M")
     write_json(results_file, to_jsonable(study))
