@@ -122,7 +122,7 @@ ax.legend()
 save_figure(fig, "train_prune_finetune", "00_quickstart")
 plt.show()
 print(f"dense: {100 * dense['final']['test_acc']:.2f}% after {dense['epochs']} epochs "
-      f"({dense['wall_time_s'] / 60:.1f} min on {dense['environment']['cpu_threads']} CPU threads)")
+      f"({dense['wall_time_s'] / 60:.1f} min, {dense['environment']['cpu_threads']} CPU thread(s))")
 print(l1["summary"])
 
 # %%
