@@ -125,3 +125,15 @@ def test_subsets_and_holdout():
     assert len(va) == 2500 and len(np.intersect1d(tr, va)) == 0 and len(tr) + len(va) == 50000
     with pytest.raises(DataError):
         subset_per_class(labels, 101)
+
+
+def test_holdout_of_class_sorted_data_is_class_balanced():
+    # the JPEG archive lists images class by class: "the last 5k" must not be one class
+    labels = np.repeat(np.arange(10), 50)
+    keep, held = holdout_split(500, 50, seed=None, labels=labels)
+    assert np.array_equal(np.bincount(labels[held], minlength=10), np.full(10, 5))
+    assert len(np.intersect1d(keep, held)) == 0 and len(keep) + len(held) == 500
+    for c in range(10):  # the *last* samples of each class are held out
+        assert set(held[labels[held] == c]) == set(range(50 * c + 45, 50 * c + 50))
+    shuffled = np.random.default_rng(0).permutation(labels)  # official order: the last samples
+    assert np.array_equal(holdout_split(500, 50, seed=None, labels=shuffled)[1], np.arange(450, 500))

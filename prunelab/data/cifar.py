@@ -204,18 +204,30 @@ def subset_per_class(labels: np.ndarray, k: int, seed: int = 0, num_classes: int
     return np.sort(np.concatenate(idx))
 
 
-def holdout_split(n: int, size: int | float, seed: int | None = 0) -> tuple[np.ndarray, np.ndarray]:
+def holdout_split(n: int, size: int | float, seed: int | None = 0, labels=None) -> tuple[np.ndarray, np.ndarray]:
     """Split ``range(n)`` into (train, held-out) index arrays.
 
     Args:
         size: held-out count, or a fraction of ``n`` when below 1.
         seed: ``None`` holds out the *last* ``size`` samples (PFS's 45k/5k split); an integer draws
             them at random with that seed (DDNP's 5% split uses seed 0).
+        labels: the samples' labels. With ``seed=None`` and class-sorted labels (the JPEG archive
+            lists images class by class, unlike the official batches, whose order is shuffled) the
+            last ``size`` samples would all be of the last class(es); the split then holds out the
+            last samples *of every class* in proportion, the class-balanced analogue of "the last 5k".
     """
     count = int(round(size * n)) if isinstance(size, float) and size < 1 else int(size)
     if not 0 < count < n:
         raise DataError(f"held-out size must be between 1 and {n - 1} samples, got {size}")
     if seed is None:
+        if labels is not None and len(labels) == n and np.all(np.diff(np.asarray(labels)) >= 0) \
+                and len(np.unique(labels)) > 1:
+            labels = np.asarray(labels)
+            classes, starts, sizes = np.unique(labels, return_index=True, return_counts=True)
+            per = np.floor(sizes * count / n).astype(int)
+            per[np.argsort(-(sizes * count / n - per), kind="stable")[:count - per.sum()]] += 1  # exact total
+            held = np.concatenate([np.arange(st + sz - k, st + sz) for st, sz, k in zip(starts, sizes, per)])
+            return np.setdiff1d(np.arange(n), held), np.sort(held)
         return np.arange(n - count), np.arange(n - count, n)
     perm = np.random.default_rng(seed).permutation(n)
     return np.sort(perm[count:]), np.sort(perm[:count])

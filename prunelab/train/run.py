@@ -36,7 +36,7 @@ def build_loaders(data: DataConfig, device, *, seed: int = 0, channels_last: boo
         train_idx = subset_per_class(ty, data.train_per_class, seed=data.subset_seed)
     val_idx = None
     if data.holdout:
-        keep, held = holdout_split(len(train_idx), data.holdout, seed=data.holdout_seed)
+        keep, held = holdout_split(len(train_idx), data.holdout, seed=data.holdout_seed, labels=ty[train_idx])
         train_idx, val_idx = (train_idx[held], train_idx[keep]) if data.train_on_holdout else (train_idx[keep], train_idx[held])
     ws = dist_info.world_size
     if data.batch_size % ws:
