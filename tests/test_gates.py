@@ -1,8 +1,10 @@
 """Gate kinds, the gated-model wrapper, and the core carrying per-instance and generated gates."""
 
+import copy
 import math
 
 import numpy as np
+import pytest
 import torch
 import torch.nn as nn
 
@@ -149,3 +151,52 @@ def test_generated_gate_through_trainer():
     gated.eval()
     with torch.no_grad():
         assert torch.allclose(gated(x), small(x), atol=1e-4)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_gates_folded_into_batchnorm_equal_the_gate_after_it(training):
+    """A channel-wise gate after a BN is computed inside the BN's affine: same outputs, gradients
+    and running statistics as multiplying the BN output."""
+    torch.manual_seed(0)
+    base = models.create("bar_wrn", k=1, blocks_per_stage=1)
+    x = torch.randn(6, 3, 32, 32)
+    outs = []
+    for fuse in (False, True):
+        net = copy.deepcopy(base)
+        torch.manual_seed(1)
+        gm = attach_gates(net, lambda t: HardConcreteGate(t.channels, init=("normal", 0.5, 1.0)), fuse_bn=fuse)
+        gm.train(training)
+        torch.manual_seed(2)  # same Hard Concrete noise draws
+        y = gm(x)
+        y.square().sum().backward()
+        grads = {k: p.grad.clone() for k, p in gm.named_parameters() if p.grad is not None}
+        outs.append((y.detach(), grads, {k: v.clone() for k, v in gm.state_dict().items()}))
+    (y0, g0, s0), (y1, g1, s1) = outs
+    assert torch.allclose(y0, y1, atol=1e-5, rtol=1e-4)
+    assert g0.keys() == g1.keys() and any(k.startswith("gates.") for k in g0)
+    for k in g0:
+        assert torch.allclose(g0[k], g1[k], atol=1e-4, rtol=1e-3), k
+    assert s0.keys() == s1.keys()  # folding adds no state
+    for k in s0:
+        assert torch.allclose(s0[k].float(), s1[k].float(), atol=1e-5), k
+
+
+def test_folded_gates_survive_deepcopy_and_detach():
+    torch.manual_seed(0)
+    gm = attach_gates(models.create("resnet20"), lambda t: ScalarGate(t.channels), slots=["mid"])
+    with torch.no_grad():
+        for g in gm.gates.values():
+            g.gate.uniform_(0, 1)
+    gm.eval()
+    x = torch.randn(2, 3, 32, 32)
+    twin = copy.deepcopy(gm)
+    assert torch.allclose(gm(x), twin(x))
+    with torch.no_grad():  # the copy has its own gates
+        for g in twin.gates.values():
+            for p in g.parameters():
+                p.zero_()
+    assert not torch.allclose(gm(x), twin(x))
+    bare = gm.detach_gates()
+    assert all("forward" not in m.__dict__ for m in bare.modules())
+    ref = copy.deepcopy(bare)
+    assert torch.allclose(bare(x), ref(x))

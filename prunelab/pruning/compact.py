@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from ..errors import CheckpointError, PrunelabError
 from ..models.registry import create, describe, get_entry
 from ..models.spec import ModelSpec
-from .gates import GatedModel
+from .gates import GatedModel, strip_gates
 from .structure import Structure
 
 
@@ -233,7 +233,8 @@ def compact(model: nn.Module, structure: Structure | None = None) -> nn.Module:
     if getattr(net, "prunelab_compact", False):
         raise PrunelabError("this model is already compact; compact the dense model instead")
     new = copy.deepcopy(net)
-    for m in new.modules():  # gate hooks belong to the gated model, not to the compact one
+    strip_gates(new)  # gate hooks and folded BNs belong to the gated model, not to the compact one
+    for m in new.modules():
         m._forward_hooks.clear()
         m._forward_pre_hooks.clear()
     new.__dict__.pop("_prunelab_spec", None)

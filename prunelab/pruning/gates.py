@@ -23,6 +23,7 @@ import math
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..models.registry import describe
 from ..models.spec import ModelSpec
@@ -70,6 +71,32 @@ class Gate(nn.Module):
     def forward(self, x: torch.Tensor, conv_input: torch.Tensor | None = None) -> torch.Tensor:
         g = self.sample() if self.training else self.values()
         return x * g.to(x.dtype).view(1, -1, *([1] * (x.dim() - 2)))
+
+    def channel_values(self):
+        """The (C,) values this forward pass multiplies by, or None when they differ per sample."""
+        if self.per_instance or self.needs_input:
+            return None
+        g = self.sample() if self.training else self.values()
+        return g if g.dim() == 1 else None
+
+    def _fused_bn_forward(self, x):
+        """BatchNorm with the gate folded into its affine parameters: ``BN(x) * g`` computed as
+        ``BN(x; weight * g, bias * g)``. Same result, but no extra pass over the activations in the
+        forward or backward (a gated network then trains nearly as fast as a dense one)."""
+        bn = self.__dict__["_fused_bn"]
+        g = self.channel_values()
+        if g is None:  # per-sample values: the plain BN, then the gate
+            return self(type(bn).forward(bn, x), self.__dict__.pop("_conv_input", None))
+        momentum = 0.0 if bn.momentum is None else bn.momentum
+        if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+            bn.num_batches_tracked.add_(1)
+            momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+        use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
+        keep_running = not bn.training or bn.track_running_stats
+        weight = bn.weight * g if bn.weight is not None else g
+        bias = bn.bias * g if bn.bias is not None else None
+        return F.batch_norm(x, bn.running_mean if keep_running else None, bn.running_var if keep_running else None,
+                            weight, bias, use_batch_stats, momentum, bn.eps)
 
     # hooks (bound methods, so a deep copy of the model calls the copied gate)
     def _forward_hook(self, module, inputs, output):
@@ -169,6 +196,11 @@ class HardConcreteGate(Gate):
 
     def prob_nonzero(self):
         return torch.sigmoid(self.log_alpha - self.beta * math.log(-self.gamma / self.zeta))
+
+    def channel_values(self):
+        if self.training and self.noise == "example":
+            return None
+        return super().channel_values()
 
     def forward(self, x, conv_input=None):
         if self.training and self.noise == "example":
@@ -296,8 +328,9 @@ class GatedModel(nn.Module):
     :func:`attach_gates`. ``prunelab_name``/``prunelab_kwargs`` are forwarded from the network.
     """
 
-    def __init__(self, net: nn.Module, gates: dict, spec: ModelSpec | None = None):
+    def __init__(self, net: nn.Module, gates: dict, spec: ModelSpec | None = None, fuse_bn: bool = True):
         super().__init__()
+        self.fuse_bn = bool(fuse_bn)
         self.net = net
         self.spec = spec or describe(net)
         self.gate_names = list(gates)
@@ -322,7 +355,14 @@ class GatedModel(nn.Module):
             # the copied gates, so a deep copy is a working, independent gated model
             if g.needs_input:
                 self.net.get_submodule(t.conv).register_forward_pre_hook(g._stash_input)
-            self.net.get_submodule(t.module).register_forward_hook(g._forward_hook)
+            module = self.net.get_submodule(t.module)
+            if self.fuse_bn and type(module) is nn.BatchNorm2d and not (g.per_instance or g.needs_input):
+                # channel-wise gate right after a BN: fold it into the BN's affine (see _fused_bn_forward);
+                # the gate keeps the BN outside its registered submodules (no duplicate state_dict keys)
+                g.__dict__["_fused_bn"] = module
+                module.forward = g._fused_bn_forward
+            else:
+                module.register_forward_hook(g._forward_hook)
             for m in t.mask_modules:
                 self.net.get_submodule(m).register_forward_hook(g._mask_hook)
 
@@ -337,6 +377,9 @@ class GatedModel(nn.Module):
         """Remove the gate hooks and return the bare network (its weights are shared, not copied)."""
         mine = {id(g) for g in self.gates.values()}
         for m in self.net.modules():
+            fwd = m.__dict__.get("forward")
+            if fwd is not None and id(getattr(fwd, "__self__", None)) in mine:
+                del m.__dict__["forward"]
             for hooks in (m._forward_hooks, m._forward_pre_hooks):
                 for k in [k for k, h in hooks.items() if id(getattr(h, "__self__", None)) in mine]:
                     del hooks[k]
@@ -345,8 +388,22 @@ class GatedModel(nn.Module):
     def forward(self, x):
         return self.net(x)
 
-def attach_gates(net: nn.Module, make_gate, slots=None, names=None) -> GatedModel:
-    """Attach ``make_gate(tensor) -> Gate`` to the tensors of the chosen slots (or names)."""
+def strip_gates(net: nn.Module) -> nn.Module:
+    """Remove every gate hook and folded-BN forward from ``net`` in place (use on a deep copy of a gated
+    network to get the plain network); returns ``net``."""
+    for m in net.modules():
+        fwd = m.__dict__.get("forward")
+        if fwd is not None and isinstance(getattr(fwd, "__self__", None), Gate):
+            del m.__dict__["forward"]
+        for hooks in (m._forward_hooks, m._forward_pre_hooks):
+            for k in [k for k, h in hooks.items() if isinstance(getattr(h, "__self__", None), Gate)]:
+                del hooks[k]
+    return net
+
+
+def attach_gates(net: nn.Module, make_gate, slots=None, names=None, fuse_bn: bool = True) -> GatedModel:
+    """Attach ``make_gate(tensor) -> Gate`` to the tensors of the chosen slots (or names).
+    ``fuse_bn``: fold channel-wise gates into the BatchNorm they follow (same values, faster)."""
     spec = describe(net)
     tensors = [spec.tensor(n) for n in names] if names is not None else spec.select(slots)
-    return GatedModel(net, {t.name: make_gate(t) for t in tensors}, spec)
+    return GatedModel(net, {t.name: make_gate(t) for t in tensors}, spec, fuse_bn=fuse_bn)

@@ -35,7 +35,7 @@ from ..train.trainer import Trainer, evaluate, load_weights, weights_payload
 from ..utils import read_json, write_json
 from .budget import Budget
 from .compact import compact, load_compact, save_compact
-from .gates import GatedModel
+from .gates import GatedModel, strip_gates
 from .structure import Structure
 
 STAGES = ("pretrain", "learn", "prune", "finetune")
@@ -211,7 +211,8 @@ def run_pipeline(cfg: Config, out=None, *, resume: bool = False, force: bool = F
                 from ..train.distill import Distillation
 
                 kd = dict(ft["kd"]) if isinstance(ft["kd"], dict) else {}
-                teacher = copy.deepcopy(net if not isinstance(net, GatedModel) else net.net)
+                # the dense network before pruning, without the gates the learn stage attached to it
+                teacher = strip_gates(copy.deepcopy(net if not isinstance(net, GatedModel) else net.net))
                 if kd.get("teacher"):
                     teacher = models.create(cfg.model.name, **cfg.model.kwargs)
                     load_weights(teacher, kd["teacher"])
