@@ -42,6 +42,8 @@ SCALE = resolve_scale(SCALE, "pfs")
 S = load_results("pfs", SCALE)
 print(f"running at {SCALE} scale: {S['model']}, seeds {S['seeds']}, checkpoint epochs {S['epochs']} (0 = random init), "
       f"{len(S['structures'])} structures, {len(S['layers'])} gated layers")
+if S.get("missing"):  # aggregated with `prunelab experiment ... --collect` before every sub-run finished
+    print(f"partial results: {len(S['missing'])} sub-runs missing: {', '.join(S['missing'])}")
 pd.DataFrame([{"seed": s["seed"], "epoch": s["epoch"], "MMACs": round(s["macs"] / 1e6, 2),
                "reduction (%)": round(100 * s["reduction"], 2), "gates from": s["gates_from"],
                "source test acc (%)": round(100 * (s["source_test_acc"] or 0), 2)} for s in S["structures"]])
