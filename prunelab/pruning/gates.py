@@ -375,28 +375,25 @@ class GatedModel(nn.Module):
 
     def detach_gates(self) -> nn.Module:
         """Remove the gate hooks and return the bare network (its weights are shared, not copied)."""
-        mine = {id(g) for g in self.gates.values()}
-        for m in self.net.modules():
-            fwd = m.__dict__.get("forward")
-            if fwd is not None and id(getattr(fwd, "__self__", None)) in mine:
-                del m.__dict__["forward"]
-            for hooks in (m._forward_hooks, m._forward_pre_hooks):
-                for k in [k for k, h in hooks.items() if id(getattr(h, "__self__", None)) in mine]:
-                    del hooks[k]
-        return self.net
+        return strip_gates(self.net, self.gates.values())
 
     def forward(self, x):
         return self.net(x)
 
-def strip_gates(net: nn.Module) -> nn.Module:
-    """Remove every gate hook and folded-BN forward from ``net`` in place (use on a deep copy of a gated
-    network to get the plain network); returns ``net``."""
+def strip_gates(net: nn.Module, gates=None) -> nn.Module:
+    """Remove gate hooks and folded-BN forwards from ``net`` in place: those of ``gates``, or of every
+    gate when None (use on a deep copy of a gated network to get the plain network); returns ``net``."""
+    mine = None if gates is None else {id(g) for g in gates}
+
+    def ours(fn) -> bool:
+        owner = getattr(fn, "__self__", None)
+        return isinstance(owner, Gate) and (mine is None or id(owner) in mine)
+
     for m in net.modules():
-        fwd = m.__dict__.get("forward")
-        if fwd is not None and isinstance(getattr(fwd, "__self__", None), Gate):
+        if ours(m.__dict__.get("forward")):
             del m.__dict__["forward"]
         for hooks in (m._forward_hooks, m._forward_pre_hooks):
-            for k in [k for k, h in hooks.items() if isinstance(getattr(h, "__self__", None), Gate)]:
+            for k in [k for k, h in hooks.items() if ours(h)]:
                 del hooks[k]
     return net
 
