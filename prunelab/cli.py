@@ -82,8 +82,11 @@ def cmd_train(args) -> int:
     cfg = load_config(args.config, _scale(args), args.sets)
     res = train(cfg, args.out, resume=args.resume, force=args.force)
     f = res["final"]
+    took = f"{res['train_time_s'] / 60:.1f} min of epochs"
+    if res.get("resumed"):
+        took += f" over all resumed processes, {res['wall_time_s'] / 60:.1f} min in this one"
     print(f"{cfg.name} ({cfg.scale}): test accuracy {100 * f.get('test_acc', float('nan')):.2f}% after "
-          f"{res['epochs']} epochs, {res['wall_time_s'] / 60:.1f} min; {res['macs'] / 1e6:.2f} M MACs")
+          f"{res['epochs']} epochs, {took}; {res['macs'] / 1e6:.2f} M MACs")
     return 0
 
 

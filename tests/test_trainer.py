@@ -11,7 +11,7 @@ import torch
 from prunelab import models
 from prunelab.config import load_config
 from prunelab.errors import CheckpointError, RunDirError
-from prunelab.train.rundir import RunDir, load_checkpoint
+from prunelab.train.rundir import RunDir, load_checkpoint, summed_epoch_time
 from prunelab.train.run import train
 from prunelab.train.trainer import load_weights
 
@@ -62,12 +62,24 @@ def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path):
     assert len(_metrics(tmp_path / "killed")) == 1
     r = cli(common + ["--out", str(tmp_path / "killed")], check=False)
     assert "already holds a run" in r.stderr and r.returncode == 2  # no silent overwrite
-    cli(common + ["--out", str(tmp_path / "killed"), "--resume"])
+    resumed = cli(common + ["--out", str(tmp_path / "killed"), "--resume"])
+    assert "over all resumed processes" in resumed.stdout
+    res = json.loads((tmp_path / "killed" / "result.json").read_text())
+    log = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+    epoch_times = [json.loads(x)["epoch_time_s"] for x in log]
+    assert res["resumed"] and len(epoch_times) == 3
+    assert res["train_time_s"] == pytest.approx(sum(epoch_times))  # epoch 1 ran in the killed process
     a, b = _final_state(tmp_path / "straight"), _final_state(tmp_path / "killed")
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert _metrics(tmp_path / "straight") == _metrics(tmp_path / "killed")
+
+
+def test_summed_epoch_time_counts_a_relogged_epoch_once():
+    rows = [{"epoch": 1, "epoch_time_s": 10.0}, {"epoch": 2, "epoch_time_s": 4.0},
+            {"epoch": 2, "epoch_time_s": 5.0}, {"stage": "finetune", "epoch": 1, "epoch_time_s": 2.0}]
+    assert summed_epoch_time(rows) == 17.0
 
 
 def test_resume_with_other_config_is_refused(tmp_path):

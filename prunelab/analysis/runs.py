@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import RunDirError
-from ..train.rundir import read_metrics
+from ..train.rundir import read_metrics, summed_epoch_time
 from ..utils import read_json
 
 
@@ -41,8 +41,11 @@ def run_info(path) -> str:
         if "summary" in r:
             lines.append(f"  result: {r['summary']}")
         elif "final" in r:
+            # older result files lack train_time_s; the metrics log has every epoch's time
+            train_s = r.get("train_time_s", summed_epoch_time(metrics))
             lines.append(f"  result: test accuracy {100 * r['final'].get('test_acc', float('nan')):.2f}%, "
-                         f"{r['macs'] / 1e6:.2f} M MACs, {r['wall_time_s'] / 60:.1f} min")
+                         f"{r['macs'] / 1e6:.2f} M MACs, {train_s / 60:.1f} min of epochs "
+                         f"({r['wall_time_s'] / 60:.1f} min in the last process)")
     else:
         ck = sorted(q.name for q in p.glob("checkpoint*.pt"))
         lines.append(f"  not finished{'; resumable from ' + ', '.join(ck) if ck else ''} (prunelab ... --resume)")

@@ -19,7 +19,7 @@ from ..data.loader import CifarLoader
 from ..errors import ConfigError, RunDirError
 from ..utils import seed_everything, write_json
 from .distributed import DistInfo, device_for, init_from_env
-from .rundir import RunDir
+from .rundir import RunDir, summed_epoch_time
 from .trainer import Trainer, load_weights, weights_payload
 
 # keys that may differ between a run and its resumption (they do not change results)
@@ -137,6 +137,8 @@ def train(cfg: Config, out=None, *, resume: bool = False, force: bool = False, q
         result = {"name": cfg.name, "scale": cfg.scale, "model": cfg.model.name, "model_kwargs": cfg.model.kwargs,
                   "epochs": trainer.epoch, "final": final, "macs": cost.macs, "params": cost.params,
                   "cost_convention": cost.convention, "wall_time_s": time.time() - t0,
+                  # wall_time_s covers this process only; train_time_s sums every epoch of the run
+                  "train_time_s": summed_epoch_time(run.read_metrics()), "resumed": bool(run.resumed),
                   "environment": environment(), "data_source": load_cifar10(cfg.data.root).source}
         if dist_info.is_main:
             run.save("model.pt", weights_payload(model, {"final": final, "scale": cfg.scale}))

@@ -167,6 +167,16 @@ def read_metrics(path) -> list[dict]:
     return out
 
 
+def summed_epoch_time(records: list[dict]) -> float:
+    """Seconds spent in epochs over all processes of a run, resumed ones included.
+
+    An epoch that was logged twice (a kill between the log line and the checkpoint, then a resume)
+    counts once, with its last record.
+    """
+    last = {(r.get("stage") or "", r.get("epoch")): r.get("epoch_time_s", 0.0) for r in records}
+    return float(sum(last.values()))
+
+
 def load_checkpoint(path, map_location="cpu"):
     """Load a checkpoint with ``weights_only=True``; a missing or corrupt file gives one clear line."""
     path = Path(path)
