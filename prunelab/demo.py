@@ -16,9 +16,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv=None) -> int:
-    import nbformat
-    from nbclient import NotebookClient
-
     out = ROOT / "out"
     nb_dir = ROOT / "notebooks"
     names = sorted(nb_dir.glob("*.ipynb"))
@@ -28,7 +25,23 @@ def main(argv=None) -> int:
     os.environ.setdefault("PRUNELAB_SCALE", "auto")
     os.environ["PRUNELAB_OUT"] = str(out / "figures")
     (out / "notebooks").mkdir(parents=True, exist_ok=True)
-    failed = []
+    # the kernels' own log lines (TCP warning, interrupt at shutdown) go to a file, not the console;
+    # errors inside a notebook arrive through the client and are reported below
+    failed: list[str] = []
+    with open(out / "kernel.log", "w") as kernel_log:
+        _run_all(names, nb_dir, out, kernel_log, failed)
+    figs = sorted((out / "figures").rglob("*.png"))
+    print(f"\n{len(figs)} figures written to {out / 'figures'}")
+    for sub in sorted({f.parent for f in figs}):
+        print(f"  {sub.relative_to(ROOT)}/: {', '.join(f.name for f in sorted(sub.glob('*.png')))}")
+    print(f"executed notebooks: {out / 'notebooks'} (kernel logs: {out / 'kernel.log'})")
+    return 1 if failed else 0
+
+
+def _run_all(names, nb_dir, out, kernel_log, failed) -> None:
+    import nbformat
+    from nbclient import NotebookClient
+
     for path in names:
         t = time.time()
         for attempt in (1, 2):
@@ -37,7 +50,7 @@ def main(argv=None) -> int:
                 # a kernel that misses its first request leaves the client waiting; the per-cell
                 # timeout turns that into an error and the notebook is run once more
                 NotebookClient(nb, timeout=1200, startup_timeout=120, kernel_name="python3",
-                               resources={"metadata": {"path": str(nb_dir)}}).execute()
+                               resources={"metadata": {"path": str(nb_dir)}}).execute(stderr=kernel_log)
                 status = "ok" if attempt == 1 else "ok (second attempt)"
                 break
             except Exception as e:  # noqa: BLE001 - report every notebook, then fail
@@ -48,12 +61,6 @@ def main(argv=None) -> int:
         scale = next((o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
                       if o.get("output_type") == "stream" and "scale" in o.get("text", "")), "").strip().splitlines()
         print(f"{path.name}: {status} in {time.time() - t:.0f} s ({scale[0] if scale else 'scale not printed'})", flush=True)
-    figs = sorted((out / "figures").rglob("*.png"))
-    print(f"\n{len(figs)} figures written to {out / 'figures'}")
-    for sub in sorted({f.parent for f in figs}):
-        print(f"  {sub.relative_to(ROOT)}/: {', '.join(f.name for f in sorted(sub.glob('*.png')))}")
-    print(f"executed notebooks: {out / 'notebooks'}")
-    return 1 if failed else 0
 
 
 if __name__ == "__main__":
