@@ -16,6 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv=None) -> int:
+    import nbformat
+    from nbclient import NotebookClient
+
     out = ROOT / "out"
     nb_dir = ROOT / "notebooks"
     names = sorted(nb_dir.glob("*.ipynb"))
@@ -27,40 +30,34 @@ def main(argv=None) -> int:
     (out / "notebooks").mkdir(parents=True, exist_ok=True)
     # the kernels' own log lines (TCP warning, interrupt at shutdown) go to a file, not the console;
     # errors inside a notebook arrive through the client and are reported below
-    failed: list[str] = []
+    failed = []
     with open(out / "kernel.log", "w") as kernel_log:
-        _run_all(names, nb_dir, out, kernel_log, failed)
+        for path in names:
+            t = time.time()
+            for attempt in (1, 2):
+                nb = nbformat.read(path, as_version=4)
+                try:
+                    # a kernel that misses its first request leaves the client waiting; the per-cell
+                    # timeout turns that into an error and the notebook is run once more
+                    NotebookClient(nb, timeout=1200, startup_timeout=120, kernel_name="python3",
+                                   resources={"metadata": {"path": str(nb_dir)}}).execute(stderr=kernel_log)
+                    status = "ok" if attempt == 1 else "ok (second attempt)"
+                    break
+                except Exception as e:  # noqa: BLE001 - report every notebook, then fail
+                    status = f"FAILED: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}"
+            if status.startswith("FAILED"):
+                failed.append(path.name)
+            nbformat.write(nb, out / "notebooks" / path.name)
+            scale = next((o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+                          if o.get("output_type") == "stream" and "scale" in o.get("text", "")), "").strip().splitlines()
+            scale_line = scale[0] if scale else "scale not printed"
+            print(f"{path.name}: {status} in {time.time() - t:.0f} s ({scale_line})", flush=True)
     figs = sorted((out / "figures").rglob("*.png"))
     print(f"\n{len(figs)} figures written to {out / 'figures'}")
     for sub in sorted({f.parent for f in figs}):
         print(f"  {sub.relative_to(ROOT)}/: {', '.join(f.name for f in sorted(sub.glob('*.png')))}")
     print(f"executed notebooks: {out / 'notebooks'} (kernel logs: {out / 'kernel.log'})")
     return 1 if failed else 0
-
-
-def _run_all(names, nb_dir, out, kernel_log, failed) -> None:
-    import nbformat
-    from nbclient import NotebookClient
-
-    for path in names:
-        t = time.time()
-        for attempt in (1, 2):
-            nb = nbformat.read(path, as_version=4)
-            try:
-                # a kernel that misses its first request leaves the client waiting; the per-cell
-                # timeout turns that into an error and the notebook is run once more
-                NotebookClient(nb, timeout=1200, startup_timeout=120, kernel_name="python3",
-                               resources={"metadata": {"path": str(nb_dir)}}).execute(stderr=kernel_log)
-                status = "ok" if attempt == 1 else "ok (second attempt)"
-                break
-            except Exception as e:  # noqa: BLE001 - report every notebook, then fail
-                status = f"FAILED: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}"
-        if status.startswith("FAILED"):
-            failed.append(path.name)
-        nbformat.write(nb, out / "notebooks" / path.name)
-        scale = next((o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-                      if o.get("output_type") == "stream" and "scale" in o.get("text", "")), "").strip().splitlines()
-        print(f"{path.name}: {status} in {time.time() - t:.0f} s ({scale[0] if scale else 'scale not printed'})", flush=True)
 
 
 if __name__ == "__main__":

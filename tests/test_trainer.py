@@ -34,7 +34,7 @@ def test_training_learns_on_real_data(tmp_path):
     cfg = load_config("resnet20", "ci", ["data.train_per_class=50", "data.test_per_class=20", "train.epochs=4",
                                           "data.batch_size=50", "optim.lr=0.05", "train.progress=false"])
     res = train(cfg, tmp_path / "r", quiet=True)
-    hist = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    hist = _log(tmp_path / "r")
     assert len(hist) == 4 and hist[-1]["train_loss"] < hist[0]["train_loss"]
     assert res["final"]["test_acc"] > 0.15  # 10 classes: chance is 0.10
     payload = load_checkpoint(tmp_path / "r" / "model.pt")
@@ -45,9 +45,12 @@ def _final_state(run):
     return load_checkpoint(Path(run) / "model.pt")["state_dict"]
 
 
+def _log(run):
+    return [json.loads(x) for x in (Path(run) / "metrics.jsonl").read_text().splitlines()]
+
+
 def _metrics(run):
-    rows = [json.loads(x) for x in (Path(run) / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in TIME_KEYS} for r in rows]
+    return [{k: v for k, v in r.items() if k not in TIME_KEYS} for r in _log(run)]
 
 
 def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path):
@@ -65,8 +68,7 @@ def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path):
     resumed = cli(common + ["--out", str(tmp_path / "killed"), "--resume"])
     assert "over all resumed processes" in resumed.stdout
     res = json.loads((tmp_path / "killed" / "result.json").read_text())
-    log = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
-    epoch_times = [json.loads(x)["epoch_time_s"] for x in log]
+    epoch_times = [r["epoch_time_s"] for r in _log(tmp_path / "killed")]
     assert res["resumed"] and len(epoch_times) == 3
     assert res["train_time_s"] == pytest.approx(sum(epoch_times))  # epoch 1 ran in the killed process
     a, b = _final_state(tmp_path / "straight"), _final_state(tmp_path / "killed")
