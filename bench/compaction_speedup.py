@@ -71,7 +71,7 @@ def pruned(name: str, factor: float, seed: int = 0, slots: str = "mid", mode: st
                 m.running_mean.uniform_(-0.2, 0.2)
     spec = models.describe(net)
     method = methods.create("l1", slots=slots.split(","), mode=mode, groups=groups)
-    structure, report = method.select(net, spec, Budget("macs", 1 / factor))
+    structure, _ = method.select(net, spec, Budget("macs", 1 / factor))
     return net, compact(net, structure), count(spec).macs / count(spec, structure).macs
 
 

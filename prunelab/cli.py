@@ -92,7 +92,7 @@ def cmd_train(args) -> int:
 
 def cmd_prune(args) -> int:
     from .config import load_config
-    from .pruning.pipeline import run_pipeline
+    from .workflows.pipeline import run_pipeline
 
     cfg = load_config(args.config, _scale(args), args.sets)
     res = run_pipeline(cfg, args.out, resume=args.resume, force=args.force)
@@ -101,16 +101,17 @@ def cmd_prune(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .analysis.runs import evaluate_run
+    from .workflows.runs import evaluate_run
 
     r = evaluate_run(args.run)
+    mean = " (mean over the test images)" if r["kind"] == "dynamic" else ""
     print(f"{args.run}: test accuracy {100 * r['acc']:.2f}% (loss {r['loss']:.4f}) on {r['n']} images; "
-          f"{r['macs'] / 1e6:.2f} M MACs")
+          f"{r['macs'] / 1e6:.2f} M MACs{mean} [{r['kind']} model]")
     return 0
 
 
 def cmd_info(args) -> int:
-    from .analysis.runs import run_info
+    from .workflows.runs import run_info
 
     print(run_info(args.run))
     return 0
@@ -138,7 +139,7 @@ def cmd_count(args) -> int:
 
 
 def cmd_compact(args) -> int:
-    from .pruning.pipeline import compact_run
+    from .workflows.runs import compact_run
 
     out = compact_run(args.run, args.out)
     print(f"compact model written to {out}")

@@ -322,9 +322,15 @@ def build(data: dict) -> Config:
     return validate(from_dict(Config, data))
 
 
-def load_config(ref, scale: str | None = None, sets=None) -> Config:
-    """Load a config file (or bundled name), apply its scale block and ``--set`` overrides, validate."""
-    return build(resolve_dict(load_raw(ref), scale, parse_set(sets)))
+def load_config(ref, scale: str | None = None, sets=None, overrides: dict | None = None) -> Config:
+    """Load a config file (or bundled name), apply its scale block and overrides, validate.
+
+    ``sets`` are ``--set key=value`` strings (values parsed as YAML); ``overrides`` is a nested mapping
+    of typed values (``{"train": {"epochs": 3}, "method": {"lambda": 1e-4}}``), applied after ``sets``.
+    Code that composes configs (studies, workflows) uses ``overrides``, never formatted strings.
+    """
+    over = deep_merge(parse_set(sets), overrides or {})
+    return build(resolve_dict(load_raw(ref), scale, over))
 
 
 def default_scale() -> str:

@@ -1,6 +1,7 @@
 """Analytical cost counter: MACs, FLOPs, parameters and activation volume V.
 
-One counter serves every method (methods.md §0.5). Conventions, always printed with the result:
+One counter serves every method (docs/decisions.md §0.5). Conventions, always
+printed with the result:
 
 * MAC = one multiply-accumulate. Conv: k_h*k_w*(C_in/groups)*C_out*H_out*W_out, plus
   C_out*H_out*W_out when the conv has a bias. Linear: in*out (+out with bias).
@@ -8,29 +9,49 @@ One counter serves every method (methods.md §0.5). Conventions, always printed 
 * BN, ReLU, additions and pooling are not counted (``count_pool=True`` adds 1 MAC per input element
   of average-pool modules, PFS's counter).
 * Params include BN affine parameters; ``params_no_bn`` excludes them.
-* V = sum over gated tensors of H*W*(alive channels) (methods.md §0.7).
+* V = sum over gated tensors of H*W*(alive channels) (docs/decisions.md §0.7).
 * ``residual="mixed"`` counts each gated tensor at its own alive width (BAR's mixed-connectivity
   block). ``"regular"`` counts a block's delta at the width of the union of the block input and the
-  delta, as a regular ResBlock must compute it (B16).
+  delta, as a regular ResBlock must compute it (B16; see docs/decisions.md).
+
+Torch path (differentiable counts). When any value of ``count(..., widths=...)`` is a
+:class:`torch.Tensor` (soft or hard widths, any shape: a scalar, one entry per instance ``(B,)``,
+...), the same formulas run in torch: every returned cost is a tensor of the broadcast shape of the
+widths, on their device, differentiable with respect to them (costs are multilinear in the widths).
+Integer widths give exactly the integer counts. The union of prefix widths is their maximum
+(``union="max"``: the gradient goes to the widest contributor, split evenly on ties) or, optionally,
+the smooth upper bound ``tau*logsumexp(w/tau)`` (``union="logsumexp"``). No value is read back to
+the host on this path. :func:`soft_cost` returns one such tensor, for FLOPs/resource losses over
+soft widths (DDNP's resource loss).
 
 Cost is never measured by timing or by running a masked network densely.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 import torch.nn as nn
 
+from .errors import UnknownNameError
 from .models.spec import ModelSpec
 
 RESIDUAL_MODES = ("mixed", "regular")
+UNION_MODES = ("max", "logsumexp")
+METRICS = ("macs", "flops", "params", "params_no_bn", "volume")
+
+
+class UnknownTensorError(UnknownNameError, ValueError):
+    """A width or mask names a tensor the spec does not have (a KeyError and a ValueError)."""
 
 
 @dataclass
 class Cost:
-    """Counted costs. Values are ints, or arrays when per-instance widths were given."""
+    """Counted costs: ints; numpy arrays when per-instance widths were given; torch tensors (with
+    gradients to the widths) when widths were torch tensors."""
 
     macs: float
     params: float
@@ -48,15 +69,31 @@ class Cost:
     def as_dict(self) -> dict:
         out = {"macs": self.macs, "flops": self.flops, "params": self.params, "params_no_bn": self.params_no_bn,
                "volume": self.volume, "convention": self.convention}
-        return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in out.items()}
+
+        def plain(v):
+            if isinstance(v, torch.Tensor):
+                return v.detach().cpu().tolist()
+            return v.tolist() if isinstance(v, np.ndarray) else v
+
+        return {k: plain(v) for k, v in out.items()}
 
     def __str__(self) -> str:
+        def mean(x):
+            if isinstance(x, torch.Tensor):
+                return float(x.detach().double().mean().cpu())
+            return float(np.mean(x))
+
         def fmt(x):
-            return f"{float(np.mean(x)) / 1e6:,.2f} M"
+            return f"{mean(x) / 1e6:,.2f} M"
 
         return (f"MACs {fmt(self.macs)} | FLOPs {fmt(self.flops)} | params {fmt(self.params)} "
-                f"({fmt(self.params_no_bn)} without BN) | V {float(np.mean(self.volume)):,.0f}\n"
+                f"({fmt(self.params_no_bn)} without BN) | V {mean(self.volume):,.0f}\n"
                 f"[{self.convention}]")
+
+
+def _check_name(spec: ModelSpec, name) -> None:
+    if name not in spec:
+        raise UnknownTensorError("gated tensor", name, spec.names)
 
 
 def _alive_masks(spec: ModelSpec, alive) -> dict[str, np.ndarray]:
@@ -77,15 +114,55 @@ def _alive_masks(spec: ModelSpec, alive) -> dict[str, np.ndarray]:
     return masks
 
 
+class _TorchFormat:
+    """dtype, device and broadcast shape of the torch path."""
+
+    def __init__(self, values, force: bool = False):
+        tensors = [v for v in values if isinstance(v, torch.Tensor)]
+        self.active = bool(tensors) or force
+        if not self.active:
+            return
+        devices = {v.device for v in tensors}
+        if len(devices) > 1:
+            raise ValueError(f"width tensors are on several devices {sorted(map(str, devices))}; put them on one")
+        self.device = tensors[0].device if tensors else torch.device("cpu")
+        floating = [v.dtype for v in tensors if v.is_floating_point()]
+        if floating:  # at least float32: float16 overflows at 65504, and counts reach 1e10
+            self.dtype = functools.reduce(torch.promote_types, floating + [torch.float32])
+        else:  # integer widths: float64 keeps counts exact (below 2**53)
+            self.dtype = torch.float64
+        shapes = [tuple(np.shape(v)) for v in values]
+        try:
+            self.shape = torch.broadcast_shapes(*shapes) if shapes else torch.Size(())
+        except RuntimeError:
+            raise ValueError(f"width shapes {shapes} do not broadcast to one shape") from None
+
+    def tensor(self, v) -> torch.Tensor:
+        if isinstance(v, torch.Tensor):
+            return v.to(device=self.device, dtype=self.dtype)
+        return torch.as_tensor(np.asarray(v), dtype=self.dtype, device=self.device)
+
+    def result(self, v) -> torch.Tensor:
+        return torch.broadcast_to(self.tensor(v), self.shape)
+
+
 class _Widths:
     """Alive widths of gated tensors and of unions of them (exact sets or prefix counts)."""
 
-    def __init__(self, spec: ModelSpec, alive=None, widths=None):
+    def __init__(self, spec: ModelSpec, alive=None, widths=None, union: str = "max",
+                 union_temperature: float = 1.0, force_torch: bool = False):
         self.spec = spec
         self.masks = _alive_masks(spec, alive) if alive is not None else None
-        self.counts = {} if widths is None else {k: np.asarray(v) for k, v in widths.items()}
-        for k in self.counts:
-            spec.tensor(k)  # unknown names raise
+        widths = {} if widths is None else dict(widths)
+        for k in widths:
+            _check_name(spec, k)
+        self.fmt = _TorchFormat(list(widths.values()), force=force_torch and self.masks is None)
+        if self.fmt.active:
+            self.counts = {k: self.fmt.tensor(v) for k, v in widths.items()}
+        else:
+            self.counts = {k: np.asarray(v) for k, v in widths.items()}
+        self.union_mode = union
+        self.tau = union_temperature
         self._cache: dict = {}
 
     def one(self, name: str):
@@ -107,8 +184,16 @@ class _Widths:
                 m = self.masks.get(n)
                 acc |= np.ones(c, dtype=bool) if m is None else m
             val = int(acc.sum())
+        elif self.fmt.active:  # prefix widths: the union is the widest (or its smooth upper bound)
+            w = torch.stack(torch.broadcast_tensors(*[self.fmt.tensor(self.one(n)) for n in names]))
+            val = w.amax(0) if self.union_mode == "max" else self.tau * torch.logsumexp(w / self.tau, 0)
         else:  # widths keep the first n channels of each tensor: the union is the widest
-            val = np.maximum.reduce([np.asarray(self.one(n)) for n in names])
+            vals = [np.asarray(self.one(n)) for n in names]
+            if self.union_mode == "max":
+                val = functools.reduce(np.maximum, vals)
+            else:
+                w = np.stack(np.broadcast_arrays(*vals)).astype(np.float64) / self.tau
+                val = self.tau * np.logaddexp.reduce(w, axis=0)
         self._cache[names] = val
         return val
 
@@ -120,7 +205,7 @@ class _Widths:
 
 
 def count(model_or_spec, structure=None, *, widths=None, residual: str = "mixed", count_pool: bool = False,
-          include_fc: bool = True) -> Cost:
+          include_fc: bool = True, union: str = "max", union_temperature: float = 1.0) -> Cost:
     """Count the costs of a dense model, of a pruned structure, or of given per-layer widths.
 
     Args:
@@ -129,20 +214,44 @@ def count(model_or_spec, structure=None, *, widths=None, residual: str = "mixed"
             mask}``). Tensors it does not name are fully alive.
         widths: ``{tensor: count}`` instead of ``structure``: each tensor keeps its first ``count``
             channels. Counts may be arrays (e.g. one entry per test image for dynamic pruning);
-            the results are then arrays of the same shape.
+            the results are then arrays of the same shape. Counts may be torch tensors (float, soft
+            or hard, any broadcastable shapes, one device): the costs are then torch tensors of the
+            broadcast shape, differentiable with respect to the widths (module docstring).
         residual: ``"mixed"`` or ``"regular"`` residual accounting (module docstring).
         count_pool: count average-pool modules (PFS's counter).
         include_fc: count linear layers.
+        union: how prefix widths of several tensors combine (residual additions, regular blocks):
+            ``"max"`` (exact: the widest) or ``"logsumexp"``: ``tau*log(sum(exp(w/tau)))``, a smooth
+            upper bound within ``tau*ln(k)`` of the max of ``k`` widths (gradient to every
+            contributor, weighted by softmax(w/tau)). A structure's unions are always exact sets.
+        union_temperature: ``tau`` of ``union="logsumexp"``, in channels.
+
+    Raises:
+        ValueError: unknown residual/union mode, widths naming an unknown tensor
+            (:class:`UnknownTensorError`, also a KeyError), widths that do not broadcast.
     """
+    return _count(model_or_spec, structure, widths=widths, residual=residual, count_pool=count_pool,
+                  include_fc=include_fc, union=union, union_temperature=union_temperature)
+
+
+def _count(model_or_spec, structure=None, *, widths=None, residual="mixed", count_pool=False, include_fc=True,
+           union="max", union_temperature=1.0, force_torch=False) -> Cost:
     from .models.registry import describe
 
     if residual not in RESIDUAL_MODES:
         raise ValueError(f"residual must be one of {RESIDUAL_MODES}, got {residual!r}")
+    if union not in UNION_MODES:
+        raise ValueError(f"union must be one of {UNION_MODES}, got {union!r}")
+    if union == "logsumexp" and not union_temperature > 0:
+        raise ValueError(f"union_temperature must be > 0, got {union_temperature!r}")
     if structure is not None and widths is not None:
         raise ValueError("give structure or widths, not both")
+    if structure is not None and union != "max":
+        raise ValueError(f"union={union!r} applies to widths; a structure's unions are exact sets")
     spec = model_or_spec if isinstance(model_or_spec, ModelSpec) else describe(model_or_spec)
     alive = getattr(structure, "alive", structure)
-    w = _Widths(spec, alive=alive, widths=widths)
+    w = _Widths(spec, alive=alive, widths=widths, union=union, union_temperature=union_temperature,
+                force_torch=force_torch)
     macs = params = bn_params = 0
     per_op = []
     for op in spec.ops:
@@ -175,8 +284,53 @@ def count(model_or_spec, structure=None, *, widths=None, residual: str = "mixed"
                            "channels": t.channels, "alive": n, "area": t.area, "volume": t.area * n})
     conv = (f"MACs = conv{' + linear' if include_fc else ''}{' + avg-pool' if count_pool else ''} "
             f"multiply-accumulates; FLOPs = 2 x MACs; BN/ReLU/adds not counted; params incl. BN affine; "
-            f"V over {len(spec.tensors)} gated tensors; residual={residual}; input {spec.input_size}")
-    return Cost(macs, params + bn_params + spec.extra_params, params + spec.extra_params, volume, conv, per_op, per_tensor)
+            f"V over {len(spec.tensors)} gated tensors; residual={residual}; input {spec.input_size}"
+            + (f"; union=logsumexp(tau={union_temperature:g})" if union != "max" else ""))
+    totals = (macs, params + bn_params + spec.extra_params, params + spec.extra_params, volume)
+    if w.fmt.active:  # tensors of the broadcast shape, even where no given width enters a total
+        totals = tuple(w.fmt.result(v) for v in totals)
+    return Cost(*totals, conv, per_op, per_tensor)
+
+
+def soft_cost(model_or_spec, widths, metric: str = "flops", residual: str = "mixed", *, union: str = "max",
+              union_temperature: float = 1.0, count_pool: bool = False, include_fc: bool = True) -> torch.Tensor:
+    """One cost of given (soft) widths as a differentiable torch tensor: FLOPs losses over soft widths.
+
+    Used for resource losses over soft per-tensor widths (DDNP's resource loss): ``widths`` maps
+    gated tensor names to float tensors (e.g. the sum of a layer's soft gates; scalars or one entry
+    per instance); tensors not named are at full width. The counted formulas are those of
+    :func:`count` (module docstring):
+
+    * MAC of a conv = k_h*k_w*C_in*C_out*H_out*W_out (+ C_out*H_out*W_out with a bias); a depthwise
+      conv: k_h*k_w*C*H_out*W_out (+bias term); a linear layer: in*out (+out with a bias);
+    * FLOP = 2*MAC;
+    * params = weights + biases + 2 per BN channel (+ the spec's ``extra_params``);
+    * V = sum over gated tensors of H*W*(alive channels);
+
+    where each C is the width of the tensor read or written, the union of several prefix widths is
+    their max (``union="max"``) or ``tau*logsumexp(w/tau)`` (``union="logsumexp"``), and the residual
+    rules are those of ``residual``. For integer widths the value equals :func:`count`'s.
+
+    Args:
+        model_or_spec: a model built by :func:`prunelab.models.create`, or its spec.
+        widths: ``{tensor: width}``; numbers are converted to tensors (float64 unless a float tensor
+            sets the dtype).
+        metric: one of ``"macs"``, ``"flops"``, ``"params"``, ``"params_no_bn"``, ``"volume"``.
+        residual, union, union_temperature, count_pool, include_fc: as in :func:`count`.
+
+    Returns:
+        A tensor of the broadcast shape of the widths, on their device, differentiable w.r.t. them.
+
+    Raises:
+        ValueError: unknown metric, unknown tensor name (and the errors of :func:`count`).
+    """
+    if metric not in METRICS:
+        raise ValueError(f"unknown cost metric {metric!r}; valid metrics: {', '.join(METRICS)}")
+    if widths is None:
+        widths = {}
+    c = _count(model_or_spec, widths=widths, residual=residual, count_pool=count_pool, include_fc=include_fc,
+               union=union, union_temperature=union_temperature, force_torch=True)
+    return getattr(c, metric)
 
 
 def count_module_params(model: nn.Module) -> int:

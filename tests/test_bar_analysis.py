@@ -1,4 +1,4 @@
-"""BAR closed forms (methods.md §4.2, §4.5, §4.6, §6.4) and the active-neuron / Regular-vs-Mixed analysis."""
+"""BAR closed forms (docs/decisions.md §4.2, §4.5, §4.6, §6.4) and the active-neuron / Regular-vs-Mixed analysis."""
 
 import math
 
@@ -8,8 +8,8 @@ from scipy import integrate
 
 from prunelab import models
 from prunelab.analysis import hard_concrete as hc
-from prunelab.analysis.bar import (active_neurons, barrier, barrier_onset, budget_bound, regular_vs_mixed,
-                                   section_totals, transition)
+from prunelab.analysis.bar import active_neurons, regular_vs_mixed, section_totals
+from prunelab.methods.bar import barrier, barrier_onset, budget_bound, transition
 from prunelab.counting import count
 from prunelab.pruning.structure import Structure
 

@@ -1,4 +1,4 @@
-"""BAR published tables (supp 003 §5, §6, §8; methods.md §4.11) parse and match spot values."""
+"""BAR published tables (supp 003 §5, §6, §8; docs/decisions.md §4.11) parse and match spot values."""
 
 import math
 

@@ -30,7 +30,7 @@ def test_l1_and_slimming_hit_half_macs_on_resnet56(method):
     s, report = m.select(net, spec, Budget("macs", 0.5))
     achieved = count(spec, s).macs
     assert abs(achieved / (0.5 * count(spec).macs) - 1) <= 0.005
-    assert report["within_tolerance"] and report["achieved"] == achieved
+    assert report.extra["within_tolerance"] and report.achieved == achieved and report.budget_met
     assert min(s.counts().values()) >= 1
 
 

@@ -76,7 +76,7 @@ def test_pfs_results_are_cpu_scale_real_data(pfs):
     assert len(pfs["seeds"]) >= 3 and 0 in pfs["epochs"]
     assert len(pfs["structures"]) == len(pfs["seeds"]) * len(pfs["epochs"])
     for s in pfs["structures"]:  # every structure is the 50 % MACs pruning of the unexpanded ResNet-20
-        # PFS keeps the longest prefix of the global gate ranking that fits (methods.md P3), so it may
+        # PFS keeps the longest prefix of the global gate ranking that fits (docs/decisions.md P3), so it may
         # undershoot by up to one channel's cost: 1.45 % of the budget for a stage-1 channel of ResNet-20
         assert 0.5 <= s["reduction"] < 0.5 + 0.0075, s
         assert all(1 <= w <= f for w, f in zip(s["widths"], pfs["full_widths"]))

@@ -1,4 +1,4 @@
-"""Cost counter: pinned cross-check values (methods.md §0.6) and a third-party counter."""
+"""Cost counter: pinned cross-check values (docs/decisions.md §0.6) and a third-party counter."""
 
 import numpy as np
 import pytest

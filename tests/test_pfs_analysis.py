@@ -1,4 +1,4 @@
-"""PFS structure-similarity analysis (methods.md §3.7, P7) on small synthetic studies."""
+"""PFS structure-similarity analysis (docs/decisions.md §3.7, P7) on small synthetic studies."""
 
 import math
 

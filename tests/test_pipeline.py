@@ -14,7 +14,7 @@ from prunelab.config import load_config
 from prunelab.errors import ConfigError, UnknownNameError
 from prunelab.pruning.budget import Budget
 from prunelab.pruning.compact import load_compact
-from prunelab.pruning.pipeline import run_pipeline
+from prunelab.workflows import run_pipeline
 from prunelab.pruning.structure import Structure
 from prunelab.train.rundir import read_metrics
 
@@ -81,7 +81,7 @@ def test_lzr_prunes_without_a_budget(tmp_path):
 
 
 def test_bar_mechanics(tmp_path):
-    from prunelab.analysis.bar import barrier, transition
+    from prunelab.methods.bar import barrier, transition
 
     cfg = load_config("bar_wrn_bar", "ci", ["train.progress=false", "budget.factor=2"])
     res = run_pipeline(cfg, tmp_path / "b", quiet=True)
@@ -117,6 +117,26 @@ def test_pfs_gate_learning_keeps_weights_frozen(tmp_path):
 
 
 def test_method_options_given_as_text_become_numbers():
-    assert methods.create("bar", **{"lambda": "3e-4"}).options["lambda"] == 3e-4
+    assert methods.create("bar", **{"lambda": "3e-4"}).options.lambda_ == 3e-4
     with pytest.raises(ConfigError, match="must be a number"):
         methods.create("bar", **{"lambda": "lots"})
+
+
+def test_resume_after_the_learn_stage_selects_the_identical_structure(tmp_path):
+    """PFS's save rule keeps the gates of its best held-out epoch in the method's state; a run killed
+    right after the learn stage must select from those gates on resume, not from the final ones."""
+    args = ["prune", "resnet20_pfs", "--scale", "ci", "--set", "train.progress=false", "--set",
+            "stages.finetune.enabled=false", "--set", "method.density_target=1.0",
+            "--set", "stages.learn.train.epochs=3"]
+    cli(*args, "--out", str(tmp_path / "whole"))
+    killed = cli(*args, "--out", str(tmp_path / "k"), env={"PRUNELAB_TEST_SIGKILL_AFTER_STAGE": "learn"}, check=False)
+    assert killed.returncode == -9
+    assert json.loads((tmp_path / "k" / "pipeline.json").read_text())["done"] == ["pretrain", "learn"]
+    assert not (tmp_path / "k" / "structure.json").exists()
+    cli(*args, "--out", str(tmp_path / "k"), "--resume")
+    whole = json.loads((tmp_path / "whole" / "result.json").read_text())["budget_report"]
+    resumed = json.loads((tmp_path / "k" / "result.json").read_text())["budget_report"]
+    assert whole["gates_from"].startswith("epoch")  # the save rule chose an epoch's gates
+    assert resumed["gates_from"] == whole["gates_from"]
+    a, b = Structure.load(tmp_path / "whole" / "structure.json"), Structure.load(tmp_path / "k" / "structure.json")
+    assert a.counts() == b.counts() and all(np.array_equal(a.alive[n], b.alive[n]) for n in a.alive)

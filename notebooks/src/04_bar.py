@@ -40,7 +40,8 @@ import torch
 
 from prunelab import models, published
 from prunelab.analysis import hard_concrete as hc
-from prunelab.analysis.bar import active_neurons, barrier, section_totals, transition
+from prunelab.analysis.bar import active_neurons, section_totals
+from prunelab.methods.bar import barrier, transition
 from prunelab.counting import count
 from prunelab.experiments import load_results, resolve_scale
 from prunelab.pruning.structure import Structure

@@ -1,89 +1,17 @@
-"""BAR analysis in closed form: budget schedule, barrier, active neurons, Regular vs Mixed accounting.
+"""BAR analysis in closed form: active neurons, Regular vs Mixed accounting.
 
-References: BAR supp 003 §1 (T(t, d)), §5 (Regular vs Mixed), §7 Fig. 1 (active neurons);
-methods.md §4.4–§4.6. Nothing here trains or differentiates; V and FLOP come from
-:func:`prunelab.counting.count` (FLOP = 2 × MAC).
+References: BAR supp 003 §5 (Regular vs Mixed), §7 Fig. 1 (active neurons); docs/decisions.md §4.4.
+Nothing here trains or differentiates; V and FLOP come from :func:`prunelab.counting.count`
+(FLOP = 2 × MAC). The method's own loss pieces (the transition T(t, d), the budget bound and the
+barrier) live with the method in :mod:`prunelab.methods.bar`.
 """
 
 from __future__ import annotations
 
-import numpy as np
 
 from ..counting import count
 
-__all__ = ["transition", "budget_bound", "barrier", "barrier_onset", "active_neurons", "section_totals",
-           "regular_vs_mixed"]
-
-# Below this hardness the shifted sigmoid is numerically a linear ramp (and 0/0 at d = 0).
-_LINEAR_D = 1e-6
-
-
-def transition(t, d=10.0):
-    """Sigmoidal transition T(t, d) = (Sigmoid(d(t − ½)) − δ)/(1 − 2δ), δ = Sigmoid(−d/2) (supp Eq. 1).
-
-    ``t`` (fraction of the pruning phase elapsed) is clipped to [0, 1], so T(0) = 0 and T(1) = 1
-    exactly and the bound stays at the budget after the phase. ``d`` sets the hardness: d → 0 is the
-    linear ramp T = t (returned as such for d < 1e-6, where the formula is 0/0), d → ∞ a step; the
-    supplement uses d = 10 (δ = 0.0066929). Both arguments broadcast.
-
-    Evaluated as (tanh(d(t − ½)/2) + tanh(d/4)) / (2 tanh(d/4)), the same function written with
-    Sigmoid(x) = (1 + tanh(x/2))/2, which avoids the cancellation in 1 − 2δ for small d.
-    """
-    t = np.clip(np.asarray(t, dtype=float), 0.0, 1.0)
-    d = np.asarray(d, dtype=float)
-    if np.any(d < 0):
-        raise ValueError("transition hardness d must be >= 0")
-    d_safe = np.where(d < _LINEAR_D, 1.0, d)  # placeholder where the linear branch is taken
-    half = np.tanh(d_safe / 4.0)
-    curve = (np.tanh(d_safe * (t - 0.5) / 2.0) + half) / (2.0 * half)
-    out = np.where(d < _LINEAR_D, t, curve)
-    out = np.clip(out, 0.0, 1.0)  # rounding can leave 1 + 1e-16 at t = 1
-    return out[()] if out.ndim == 0 else out
-
-
-def budget_bound(t, b0, budget, d=10.0):
-    """Annealed upper bound b(t) = (1 − T(t, d))·b₀ + T(t, d)·B (methods.md §4.6; B2).
-
-    ``b0`` must exceed the starting V (the package uses 1.01·V₀) or the barrier is infinite at step 0.
-    """
-    tt = transition(t, d)
-    out = (1.0 - tt) * np.asarray(b0, dtype=float) + tt * np.asarray(budget, dtype=float)
-    return out[()] if np.ndim(out) == 0 else out
-
-
-def barrier_onset(budget, margin=1e-4):
-    """Where the barrier starts rising: a = B·(1 − margin) (package form of methods.md §4.5; B1).
-
-    The re-implementation uses a = B − 1e-4·b₀ instead; both keep b − a > 0 at t = 1.
-    """
-    return np.asarray(budget, dtype=float) * (1.0 - margin)
-
-
-def barrier(v, a, b, cap=1e10):
-    """Budget barrier f(V; a, b) of methods.md §4.5 (B1), vectorised and always finite.
-
-    * V ≤ a: 0 (budget comfortably met, the sparsity loss is switched off);
-    * a < V < b: (V − a)² / ((b − a)(b − V)) = g(x) with x = (V − a)/(b − a) and g(x) = x²/(1 − x),
-      rising to +∞ as V → b;
-    * V ≥ b: ``cap`` (the +∞ of the paper, capped so that the loss stays finite).
-
-    Values inside (a, b) are also capped. The form comes only from an unofficial re-implementation
-    ([unverified]; B1). Requires b > a everywhere. A NaN volume raises: V is a count, so NaN means
-    the counting upstream is broken and must not be hidden behind the cap.
-    """
-    v = np.asarray(v, dtype=float)
-    a = np.asarray(a, dtype=float)
-    b = np.asarray(b, dtype=float)
-    if np.any(np.isnan(v)):
-        raise ValueError("barrier got a NaN volume")
-    if np.any(b <= a):
-        raise ValueError("barrier needs b > a (b0 must exceed V0 and the margin must be > 0)")
-    inside = (v > a) & (v < b)
-    gap = np.where(inside, b - v, 1.0)  # placeholder keeps the division finite outside (a, b)
-    val = np.where(inside, (v - a) ** 2 / ((b - a) * gap), 0.0)
-    val = np.where(v >= b, cap, np.minimum(val, cap))
-    return val[()] if val.ndim == 0 else val
-
+__all__ = ["active_neurons", "section_totals", "regular_vs_mixed"]
 
 # -- active neurons (supp §7 Fig. 1) ---------------------------------------------------------------
 
@@ -142,7 +70,7 @@ def section_totals(df):
     Returns:
         DataFrame with columns section, stage, block, channels (full width), alive, alive_volume and
         eliminated — True when the block's ``mid`` or ``delta`` has no alive channel, i.e. its residual
-        branch is removed (methods.md §4.4, §4.9; a projection may survive on its own). Uses the
+        branch is removed (docs/decisions.md §4.4, §4.9; a projection may survive on its own). Uses the
         ``alive_own`` column when present, so regular accounting does not hide a dead delta.
     """
     import pandas as pd
@@ -169,7 +97,7 @@ def regular_vs_mixed(spec, structure):
     """V and FLOP of one pruned structure counted with a regular ResBlock and with BAR's mixed block.
 
     Regular: each delta is computed (and counted) at the width of the union of its block input and
-    its own alive set (B16); mixed: at its own width (supp §5, methods.md §4.4). FLOP = 2 × MAC.
+    its own alive set (B16); mixed: at its own width (supp §5, docs/decisions.md §4.4). FLOP = 2 × MAC.
 
     Returns:
         dict with v_regular, v_mixed, v_delta, flop_regular, flop_mixed, flop_delta, where the deltas

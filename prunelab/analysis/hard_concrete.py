@@ -1,4 +1,4 @@
-"""Binary Concrete and Hard Concrete distributions in closed form (BAR supp 003 §9; methods.md §4.2).
+"""Binary Concrete and Hard Concrete distributions in closed form (BAR supp 003 §9; docs/decisions.md §4.2).
 
 Every function is numpy-vectorised: arguments may be floats or arrays and broadcast together.
 Parameters follow the supplement: ``log_alpha`` = log α (the learned location), ``beta`` = β (the
@@ -15,7 +15,7 @@ Conventions (supp Eqs. 2–5):
 * Hard Concrete (HC): z = Clamp₀,₁(s (ζ−γ) + γ). The BC mass that lands on [γ, 0] becomes the atom
   P(z = 0); the mass on [1, ζ] becomes the atom P(z = 1).
 
-Identities used by the tests (methods.md §4.2):
+Identities used by the tests (docs/decisions.md §4.2):
 
 * P(z ≠ 0) = 1 − Q_HC(0) = Sigmoid(log α − β log(−γ/ζ))  (Eq. 5, the expected-L0 summand);
 * P(z = 0) = Sigmoid(β log(−γ/ζ) − log α);  P(z = 1) = Sigmoid(log α − β log((1−γ)/(ζ−1)));
@@ -166,7 +166,7 @@ def hc_prob_nonzero(log_alpha=0.0, beta=BETA, gamma=GAMMA, zeta=ZETA):
 
 
 def hc_deterministic(log_alpha=0.0, *, gamma=GAMMA, zeta=ZETA):
-    """Test-time gate ẑ = Clamp₀,₁(Sigmoid(log α)(ζ − γ) + γ) (Louizos's estimator; methods.md §4.2).
+    """Test-time gate ẑ = Clamp₀,₁(Sigmoid(log α)(ζ − γ) + γ) (Louizos's estimator; docs/decisions.md §4.2).
 
     This is what V, evaluation and hard pruning read: a gate is alive iff ẑ > 0 (not E[z] > 0, which
     holds for every finite log α). ẑ = 0.5 at log α = 0 for the defaults. β does not enter, so γ and ζ
@@ -183,7 +183,7 @@ def hc_alive_threshold(*, gamma=GAMMA, zeta=ZETA) -> float:
 
 
 def hc_alive(log_alpha, *, gamma=GAMMA, zeta=ZETA):
-    """Boolean alive test ẑ > 0, i.e. log α > log(−γ/ζ) (methods.md §4.2, §4.9)."""
+    """Boolean alive test ẑ > 0, i.e. log α > log(−γ/ζ) (docs/decisions.md §4.2, §4.9)."""
     return np.asarray(hc_deterministic(log_alpha, gamma=gamma, zeta=zeta)) > 0
 
 
@@ -204,7 +204,7 @@ def hc_sample(log_alpha, n: int, rng=None, beta=BETA, gamma=GAMMA, zeta=ZETA, ep
     """``n`` Hard Concrete draws per gate: hc_icdf(U) with U ~ Uniform(0, 1) clipped to [eps, 1 − eps].
 
     Returns an array of shape ``(n,) + shape(log_alpha)``. The clip mirrors the training sampler
-    (methods.md §4.2); it leaves the atoms intact because Q_BC⁻¹(1e-6) is far below −γ/(ζ−γ) for
+    (docs/decisions.md §4.2); it leaves the atoms intact because Q_BC⁻¹(1e-6) is far below −γ/(ζ−γ) for
     any moderate log α. ``rng`` is a :class:`numpy.random.Generator` (a fresh default one if None).
     """
     rng = np.random.default_rng() if rng is None else rng

@@ -1,4 +1,4 @@
-"""Structure-similarity analysis for PFS (supplement 002, Fig. S1/S2; methods.md §3.7, P7).
+"""Structure-similarity analysis for PFS (supplement 002, Fig. S1/S2; docs/decisions.md §3.7, P7).
 
 Pure functions over a *study*: the JSON-able dict a PFS structure study writes. Its fields used here::
 
@@ -101,7 +101,7 @@ def correlation_matrix(X) -> np.ndarray:
     Equals ``np.corrcoef(X)`` where that is defined. A row with zero variance (e.g. a structure that
     keeps every layer at the same ratio, under ``kind="ratio"``) or with a non-finite entry has no
     defined Pearson r: its row and column are NaN, never a silent 0 or 1, so callers must skip them
-    with nan-aware reductions (methods.md P7, §3.9 item 10). The diagonal is 1 for every row, since a
+    with nan-aware reductions (docs/decisions.md P7, §3.9 item 10). The diagonal is 1 for every row, since a
     structure is trivially identical to itself.
 
     "Zero variance" allows for float rounding: a row counts as constant when its centred norm is at
@@ -204,7 +204,7 @@ def _claim(lhs: float, rhs: float, lhs_less: bool, statement: str) -> dict:
 
 
 def claims(summary: dict) -> dict:
-    """Check the supplement's claims (1)-(3) (methods.md §6.3) against a :func:`summarize` result.
+    """Check the supplement's claims (1)-(3) (docs/decisions.md §6.3) against a :func:`summarize` result.
 
     Returns a dict with keys ``"1_random_unlike_pretrained"``, ``"2_random_more_diverse"`` and
     ``"3_near_beats_distant"``; each value is ``{"holds": bool, "evaluated": bool, "lhs": float,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import ConfigError, UnknownNameError
+from ..errors import ConfigError, UnknownNameError, suggest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RESULTS_DIR = REPO_ROOT / "results"
@@ -21,6 +21,17 @@ RESULTS_DIR = REPO_ROOT / "results"
 def results_path(name: str, scale: str) -> Path:
     """Where the cached results of experiment ``name`` at ``scale`` live."""
     return RESULTS_DIR / f"{name}_{scale}.json"
+
+
+def check_parts(study: str, parts, valid: tuple) -> tuple:
+    """The parts of ``study`` to run (all when None); an unknown part name is refused before anything runs."""
+    if not parts:
+        return tuple(valid)
+    parts = tuple(p.strip() for p in parts if p.strip())
+    for p in parts:
+        if p not in valid:
+            raise ConfigError(f"experiment {study} has no part {p!r}.{suggest(p, valid)} Parts: {', '.join(valid)}")
+    return parts
 
 
 def experiments() -> dict:

@@ -1,7 +1,7 @@
 """BAR supplement study: teacher, BAR at four volume budgets, the iterative random (and WM)
 baselines, and the sensitivity analysis; aggregated into ``results/bar_<scale>.json``.
 
-Scales (say what was run; methods.md §4.8, §6.4):
+Scales (say what was run; docs/decisions.md §4.8, §6.4):
 
 * ``paper``: BAR's WRN (k = 12), teacher 80+10 epochs, BAR 80 / 40 / 10 epochs, baselines
   40+10 per step, 10 sensitivity runs per budget. Needs a GPU.
@@ -24,26 +24,21 @@ each step, which gives V-factors 2, 4, 8, 16 and F ~ V^2.
 
 from __future__ import annotations
 
-import copy
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .. import models
 from ..analysis.bar import active_neurons, regular_vs_mixed
-from ..config import load_config
-from ..errors import ConfigError
+from ..config import deep_merge, load_config
 from ..counting import count
-from ..pruning.compact import compact, expand, load_compact, save_compact
-from ..pruning.pipeline import run_pipeline
+from ..errors import ConfigError
 from ..pruning.structure import Structure
-from ..train.rundir import RunDir, read_metrics
-from ..train.run import build_loaders, setup_runtime, train
-from ..train.trainer import Trainer, evaluate, load_weights
+from ..runfiles import read_metrics
 from ..utils import read_json, to_jsonable, write_json
-from . import results_path
+from ..workflows import SubRuns, iterative_prune, run_pipeline, train
+from . import check_parts, results_path
 
 PRUNING_FACTORS = (2, 4, 8, 16)
 SETTINGS = {
@@ -66,20 +61,11 @@ SENSITIVITY = {
 }
 
 
-def _done(path: Path) -> bool:
-    return (path / "result.json").exists()
-
-
-def _say(quiet, *a):
-    if not quiet:
-        print(*a, flush=True)
-
-
 def sample_hyperparameters(base, rng: np.random.Generator) -> dict:
     """One draw of the sensitivity hyper-parameters around the tuned config ``base``."""
-    from ..methods import get
+    from ..methods import create
 
-    method = {**get("bar").defaults, **base.method}
+    method = {**create("bar").config(), **base.method}
     out = {}
     for key, (kind, width) in SENSITIVITY.items():
         section, name = key.split(".")
@@ -140,58 +126,40 @@ def _l1_scores(model, spec) -> dict:
             for t in spec.tensors}
 
 
-def run_baseline(kind: str, scale: str, out: Path, teacher_path: Path, quiet=False, collect=False) -> list[dict]:
-    """Iterative random / weight-magnitude pruning from the teacher (supplement §3.2); ``collect``:
-    stop at the first unfinished step instead of training it."""
-    cfg = load_config("bar_wrn_teacher", scale, [f"train.epochs={SETTINGS[scale]['baseline_epochs']}",
-                                                 f"schedule.milestones=[{max(1, SETTINGS[scale]['baseline_epochs'] - 1)}]",
-                                                 "train.progress=false" if quiet else "train.progress=true"])
-    device = setup_runtime(cfg, _dist())
-    dense = models.create(cfg.model.name, **cfg.model.kwargs)
-    load_weights(dense, teacher_path)
-    spec = models.describe(dense)
-    structure = Structure.full(spec, model_kwargs=cfg.model.kwargs)
-    rng = np.random.default_rng(0)
-    tl, ev = build_loaders(cfg.data, device, seed=cfg.train.seed)
+def _shrink(kind: str):
+    """Halve every gated tensor: at random, or keeping the largest-L1 filters (WM)."""
+    def shrink(structure, spec, dense, rng):
+        return _halve(structure, spec, None if kind == "random" else _l1_scores(dense, spec), rng)
+
+    return shrink
+
+
+def _baseline(kind: str, scale: str, runs: SubRuns, teacher_path: Path) -> list[dict]:
+    """Iterative random / weight-magnitude pruning from the teacher (supplement §3.2)."""
+    epochs = SETTINGS[scale]["baseline_epochs"]
+    cfg = load_config("bar_wrn_teacher", scale, overrides=deep_merge(runs.progress_override, {
+        "train": {"epochs": epochs}, "schedule": {"milestones": [max(1, epochs - 1)]}}))
+    steps = iterative_prune(cfg, runs.path(kind), init_from=teacher_path, steps=len(PRUNING_FACTORS),
+                            shrink=_shrink(kind), stage=kind, collect=runs.collect,
+                            stage_names=[f"{kind}{pf}" for pf in PRUNING_FACTORS],
+                            say=lambda *a: None)
+    runs.missing += [f"{kind} PF {pf}" for pf in PRUNING_FACTORS[len(steps):]]
+    spec = models.describe(models.create(cfg.model.name, **cfg.model.kwargs))
+    full = count(spec)
     rows = []
-    for step, pf in enumerate(PRUNING_FACTORS, start=1):
-        d = out / kind / f"step{step}"
-        scores = None if kind == "random" else _l1_scores(dense, spec)
-        structure = _halve(structure, spec, scores, rng)
-        if not _done(d) and collect:
-            break
-        if _done(d):
-            pruned = load_compact(d / "compact")
-            structure = Structure.load(d / "compact" / "plan.json")
-        else:
-            pruned = compact(dense, structure)
-            before = evaluate(pruned.to(device), ev["test"])["acc"]
-            with RunDir(d, resume=True) as run:
-                Trainer(pruned, tl, ev, train_cfg=cfg.train, optim_cfg=cfg.optim, schedule_cfg=cfg.schedule, run=run,
-                        device=device, stage=f"{kind}{pf}").fit(resume=run.resumed)
-                save_compact(pruned, structure, d / "compact")
-                acc = evaluate(pruned, ev["test"])["acc"]
-                write_json(d / "result.json", {"final_test_acc": acc, "pruned_test_acc_before_finetune": before})
-        res = read_json(d / "result.json")
-        full, c = count(spec), count(spec, structure)
+    for row, pf in zip(steps, PRUNING_FACTORS):
+        c = count(spec, row["structure"])
         rows.append({"method": "Random" if kind == "random" else "WM", "pf": pf, "v_factor": full.volume / c.volume,
-                     "f_factor": full.macs / c.macs, "accuracy": res["final_test_acc"],
-                     "accuracy_before_finetune": res["pruned_test_acc_before_finetune"], "alive": structure.counts(),
-                     "metrics": read_metrics(d)})
-        _say(quiet, f"{kind} PF {pf}: V x{rows[-1]['v_factor']:.2f}, F x{rows[-1]['f_factor']:.1f}, "
-                    f"accuracy {100 * rows[-1]['accuracy']:.2f}%")
-        dense = expand(pruned.cpu(), structure)
+                     "f_factor": full.macs / c.macs, "accuracy": row["accuracy"],
+                     "accuracy_before_finetune": row["accuracy_before_finetune"],
+                     "alive": row["structure"].counts(), "metrics": row["metrics"]})
+        runs.say(f"{kind} PF {pf}: V x{rows[-1]['v_factor']:.2f}, F x{rows[-1]['f_factor']:.1f}, "
+                 f"accuracy {100 * rows[-1]['accuracy']:.2f}%")
     return rows
 
 
-def _warm(scale: str, tdir: Path) -> list[str]:
-    return [f"stages.pretrain.init_from={tdir / 'model.pt'}"] if SETTINGS[scale]["warm_start"] else []
-
-
-def _dist():
-    from ..train.distributed import DistInfo
-
-    return DistInfo()
+def _warm(scale: str, tdir: Path) -> dict:
+    return {"stages": {"pretrain": {"init_from": str(tdir / "model.pt")}}} if SETTINGS[scale]["warm_start"] else {}
 
 
 def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, results=None, collect=False) -> dict:
@@ -199,74 +167,67 @@ def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, result
     ``collect``: train nothing, aggregate the finished sub-runs and list the missing ones."""
     out = Path(out or f"runs/bar-{scale}")
     results_file = Path(results) if results else results_path("bar", scale)
-    parts = tuple(parts or PARTS)
+    parts = check_parts("bar", parts, PARTS)
     t0 = time.time()
-    prog = "train.progress=false" if quiet else "train.progress=true"
+    runs = SubRuns(out, collect=collect, quiet=quiet)
+    prog = runs.progress_override
     # teacher --------------------------------------------------------------------------------------
-    tdir = out / "teacher"
-    tcfg = load_config("bar_wrn_teacher", scale, [prog])
-    missing = []
-    if not _done(tdir):
-        if collect:
-            raise ConfigError(f"--collect: the teacher run {tdir} has not finished; nothing to aggregate")
-        train(tcfg, tdir, resume=True, quiet=quiet)
+    tcfg = load_config("bar_wrn_teacher", scale, overrides=prog)
+    tdir = runs.get("teacher", lambda d: train(tcfg, d, resume=True, quiet=quiet))
+    if tdir is None:
+        raise ConfigError(f"--collect: the teacher run {runs.path('teacher')} has not finished; nothing to aggregate")
     teacher = read_json(tdir / "result.json")
-    _say(quiet, f"teacher: {100 * teacher['final']['test_acc']:.2f}% test accuracy")
+    runs.say(f"teacher: {100 * teacher['final']['test_acc']:.2f}% test accuracy")
     spec = models.describe(models.create(tcfg.model.name, **tcfg.model.kwargs))
-    runs, baselines, sensitivity = [], [], []
+    bar_runs, baselines, sensitivity = [], [], []
+
     # BAR at each volume budget --------------------------------------------------------------------
-    def bar_config(pf):
-        return load_config("bar_wrn_bar", scale, [f"budget.factor={pf}", f"method.teacher={tdir / 'model.pt'}", prog]
-                           + _warm(scale, tdir))
+    def bar_config(pf, extra=None):
+        over = deep_merge(prog, {"budget": {"factor": pf}, "method": {"teacher": str(tdir / "model.pt")}})
+        return load_config("bar_wrn_bar", scale, overrides=deep_merge(deep_merge(over, _warm(scale, tdir)), extra or {}))
+
+    def bar_run(pf):
+        cfg = bar_config(pf)
+        return runs.get(f"bar-v{pf}", lambda d: run_pipeline(cfg, d, resume=True, quiet=quiet), f"BAR PF {pf}"), cfg
 
     # the factors the claims compare against the baseline (4, 8) run first, then the baseline, so an
     # interrupted cpu study has the comparison before the rest of the sweep
-    first = [pf for pf in (4, 8) if pf in PRUNING_FACTORS]
-    if "bar" in parts:
-        for pf in first:
-            if not _done(out / f"bar-v{pf}") and not collect:
-                run_pipeline(bar_config(pf), out / f"bar-v{pf}", resume=True, quiet=quiet)
+    if "bar" in parts and not collect:
+        for pf in (4, 8):
+            if pf in PRUNING_FACTORS:
+                bar_run(pf)
     if "baselines" in parts:
         for kind in SETTINGS[scale]["baselines"]:
-            rows = run_baseline(kind, scale, out, tdir / "model.pt", quiet, collect)
-            missing += [f"{kind} PF {pf}" for pf in PRUNING_FACTORS[len(rows):]]
-            baselines += rows
+            baselines += _baseline(kind, scale, runs, tdir / "model.pt")
     if "bar" in parts:
         for pf in PRUNING_FACTORS:
-            d = out / f"bar-v{pf}"
-            cfg = bar_config(pf)
-            if not _done(d):
-                if collect:
-                    missing.append(f"BAR PF {pf}")
-                    continue
-                run_pipeline(cfg, d, resume=True, quiet=quiet)
-            runs.append(_summarize_pipeline(d, spec, {"method": "BAR", "pf": pf, "budget": "volume",
-                                                      "hyperparameters": cfg.method}))
-            _say(quiet, f"BAR PF {pf}: V x{runs[-1]['v_factor']:.2f} (target {pf}), F x{runs[-1]['f_factor']:.1f}, "
-                        f"accuracy {100 * runs[-1]['accuracy']:.2f}%")
+            d, cfg = bar_run(pf)
+            if d is None:
+                continue
+            bar_runs.append(_summarize_pipeline(d, spec, {"method": "BAR", "pf": pf, "budget": "volume",
+                                                          "hyperparameters": cfg.method}))
+            runs.say(f"BAR PF {pf}: V x{bar_runs[-1]['v_factor']:.2f} (target {pf}), "
+                     f"F x{bar_runs[-1]['f_factor']:.1f}, accuracy {100 * bar_runs[-1]['accuracy']:.2f}%")
     # sensitivity ----------------------------------------------------------------------------------
     if "sensitivity" in parts:
         rng = np.random.default_rng(2019)
         for pf in PRUNING_FACTORS:
-            base = load_config("bar_wrn_bar", scale, [f"budget.factor={pf}"])
+            base = load_config("bar_wrn_bar", scale, overrides={"budget": {"factor": pf}})
             for i in range(SETTINGS[scale]["sensitivity_runs"]):
                 hp = sample_hyperparameters(base, rng)
-                d = out / f"sensitivity-v{pf}-{i}"
-                sets = [f"budget.factor={pf}", f"method.teacher={tdir / 'model.pt'}", prog, f"train.seed={i + 1}"]
-                sets += _warm(scale, tdir)
-                sets += [f"{k}={v}" for k, v in hp.items()]
-                # the same hyper-parameters apply to the fine-tuning stage's learning rate
-                sets.append(f"stages.finetune.optim.lr={hp['optim.lr']}")
-                cfg = load_config("bar_wrn_bar", scale, sets)
-                if not _done(d):
-                    if collect:
-                        missing.append(f"sensitivity PF {pf} run {i + 1}")
-                        continue
-                    run_pipeline(cfg, d, resume=True, quiet=quiet)
-                sensitivity.append(_summarize_pipeline(d, spec, {"method": "BAR", "pf": pf, "run": i + 1,
-                                                                 "hyperparameters": hp}))
+                over = {"train": {"seed": i + 1}, "stages": {"finetune": {"optim": {"lr": hp["optim.lr"]}}}}
+                for key, v in hp.items():  # "method.lambda" -> {"method": {"lambda": v}}
+                    section, name = key.split(".")
+                    over = deep_merge(over, {section: {name: v}})
+                # the same hyper-parameters apply to the fine-tuning stage's learning rate (above)
+                cfg = bar_config(pf, over)
+                d = runs.get(f"sensitivity-v{pf}-{i}", lambda d, cfg=cfg: run_pipeline(cfg, d, resume=True, quiet=quiet),
+                             f"sensitivity PF {pf} run {i + 1}")
+                if d is not None:
+                    sensitivity.append(_summarize_pipeline(d, spec, {"method": "BAR", "pf": pf, "run": i + 1,
+                                                                     "hyperparameters": hp}))
         # the tuned runs count as run 0 of the sensitivity analysis
-        sensitivity = [{**r, "run": 0, "hyperparameters": "tuned"} for r in runs] + sensitivity
+        sensitivity = [{**r, "run": 0, "hyperparameters": "tuned"} for r in bar_runs] + sensitivity
     results = {
         "study": "bar", "scale": scale, "created": time.strftime("%Y-%m-%d %H:%M"),
         "command": f"prunelab experiment bar --scale {scale} --out {out}",
@@ -276,10 +237,10 @@ def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, result
         "teacher": {"accuracy": teacher["final"]["test_acc"], "epochs": teacher["epochs"],
                     "metrics": read_metrics(tdir)},
         "full_active_neurons": active_neurons(spec).to_dict("records"),
-        "runs": runs, "baselines": baselines, "sensitivity": sensitivity,
+        "runs": bar_runs, "baselines": baselines, "sensitivity": sensitivity,
         "data_source": teacher.get("data_source"), "wall_time_s": time.time() - t0,
-        "complete": not missing, "missing": missing,
+        "parts": list(parts), "complete": not runs.missing and set(parts) == set(PARTS), "missing": runs.missing,
     }
     write_json(results_file, to_jsonable(results))
-    _say(quiet, f"results written to {results_file}")
+    runs.say(f"results written to {results_file}")
     return results

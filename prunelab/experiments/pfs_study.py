@@ -8,7 +8,7 @@ split, BN in train mode), and the network is pruned to 50 % MACs of the unexpand
 per-layer channel counts are the structure. The sweeps learn gates on random weights, prune, and train
 the pruned widths from scratch.
 
-Scales (methods.md §3.7, P8):
+Scales (docs/decisions.md §3.7, P8):
 
 * ``paper``: ResNet-56, 5 seeds, 160-epoch pre-training with checkpoints {0,1,2,5,10,20,40,80,120,160},
   10-epoch gate learning, Scratch-B training (int(160 / (1 - R)) epochs), 5 runs per sweep point.
@@ -24,13 +24,12 @@ import time
 from pathlib import Path
 
 from .. import models
-from ..config import load_config
+from ..config import deep_merge, load_config
 from ..pruning.structure import Structure
-from ..train.rundir import read_metrics
-from ..train.run import train
-from ..pruning.pipeline import run_pipeline
+from ..runfiles import read_metrics
 from ..utils import read_json, to_jsonable, write_json
-from . import results_path
+from ..workflows import SubRuns, run_pipeline, train
+from . import check_parts, results_path
 
 SETTINGS = {
     "ci": {"model": "resnet20", "seeds": (0, 1), "epochs": (0, 1, 2), "pretrain_epochs": 2, "ratios": (0.5,),
@@ -44,25 +43,17 @@ SETTINGS = {
 PARTS = ("structures", "sweeps")
 
 
-def _done(p: Path) -> bool:
-    return (p / "result.json").exists()
-
-
-def _say(quiet, *a):
-    if not quiet:
-        print(*a, flush=True)
-
-
-def _pretrain_sets(s: dict, scale: str, seed: int, prog: str) -> list[str]:
-    sets = [f"model.name={s['model']}", f"train.seed={seed}", f"train.epochs={s['pretrain_epochs']}",
-            f"train.keep_epochs=[{','.join(str(e) for e in s['epochs'])}]", prog]
+def _pretrain_overrides(s: dict, scale: str, seed: int) -> dict:
+    over = {"model": {"name": s["model"]}, "train": {"seed": seed, "epochs": s["pretrain_epochs"],
+                                                     "keep_epochs": list(s["epochs"])}}
     if scale == "paper":
-        sets.append(f"schedule.milestones=[{s['pretrain_epochs'] // 2},{3 * s['pretrain_epochs'] // 4}]")
-    return sets
+        over["schedule"] = {"milestones": [s["pretrain_epochs"] // 2, 3 * s["pretrain_epochs"] // 4]}
+    return over
 
 
-def _gate_sets(s: dict, seed: int, prog: str) -> list[str]:
-    return [f"model.name={s['model']}", f"train.seed={seed}", "stages.finetune.enabled=false", prog]
+def _gate_overrides(s: dict, seed: int, init_from: Path) -> dict:
+    return {"model": {"name": s["model"]}, "train": {"seed": seed},
+            "stages": {"pretrain": {"init_from": str(init_from)}, "finetune": {"enabled": False}}}
 
 
 def _scratch_epochs(s: dict, ratio: float) -> int:
@@ -76,8 +67,9 @@ def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, result
     s = SETTINGS[scale]
     out = Path(out or f"runs/pfs-{scale}")
     results_file = Path(results) if results else results_path("pfs", scale)
-    parts = tuple(parts or PARTS)
-    prog = "train.progress=false" if quiet else "train.progress=true"
+    parts = check_parts("pfs", parts, PARTS)
+    runs = SubRuns(out, collect=collect, quiet=quiet)
+    prog = runs.progress_override
     t0 = time.time()
     spec = models.describe(models.create(s["model"]))
     layers = [t.name for t in spec.select("mid")]
@@ -85,26 +77,22 @@ def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, result
              "full_widths": [spec.tensor(n).channels for n in layers], "seeds": list(s["seeds"]),
              "epochs": list(s["epochs"]), "structures": [], "pretrain_acc": {}, "gate_learning": [],
              "command": f"prunelab experiment pfs --scale {scale} --out {out}", "settings": dict(s)}
-    missing = []
     # structures from random weights and from pre-training checkpoints -----------------------------
     if "structures" in parts:
         for seed in s["seeds"]:
-            pdir = out / f"pretrain-s{seed}"
-            if not _done(pdir) and collect:
-                missing.append(f"seed {seed}")
+            pcfg = load_config(s["model"], scale, overrides=deep_merge(prog, _pretrain_overrides(s, scale, seed)))
+            pdir = runs.get(f"pretrain-s{seed}", lambda d: train(pcfg, d, resume=True, quiet=quiet), f"seed {seed}")
+            if pdir is None:
                 continue
-            if not _done(pdir):
-                train(load_config(s["model"], scale, _pretrain_sets(s, scale, seed, prog)), pdir, resume=True, quiet=quiet)
             accs = {str(r["epoch"]): r.get("test_acc") for r in read_metrics(pdir)}
             study["pretrain_acc"][str(seed)] = accs
             for epoch in s["epochs"]:
-                gdir = out / f"gates-s{seed}-e{epoch}"
-                if not _done(gdir) and collect:
-                    missing.append(f"structure seed {seed} epoch {epoch}")
+                gcfg = load_config("resnet20_pfs", scale,
+                                   overrides=deep_merge(prog, _gate_overrides(s, seed, pdir / f"epoch_{epoch}.pt")))
+                gdir = runs.get(f"gates-s{seed}-e{epoch}", lambda d: run_pipeline(gcfg, d, resume=True, quiet=quiet),
+                                f"structure seed {seed} epoch {epoch}")
+                if gdir is None:
                     continue
-                if not _done(gdir):
-                    sets = _gate_sets(s, seed, prog) + [f"stages.pretrain.init_from={pdir / f'epoch_{epoch}.pt'}"]
-                    run_pipeline(load_config("resnet20_pfs", scale, sets), gdir, resume=True, quiet=quiet)
                 res = read_json(gdir / "result.json")
                 st = Structure.load(gdir / "structure.json")
                 counts = st.counts()
@@ -117,23 +105,23 @@ def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, result
                 })
                 study["gate_learning"].append({"seed": seed, "epoch": epoch,
                                                "metrics": [m for m in read_metrics(gdir) if m.get("stage") == "learn"]})
-                _say(quiet, f"seed {seed} epoch {epoch}: widths {study['structures'][-1]['widths']}")
+                runs.say(f"seed {seed} epoch {epoch}: widths {study['structures'][-1]['widths']}")
     # accuracy sweeps: expansion rate (S3) and pruning ratio (S4) ----------------------------------
     if "sweeps" in parts:
         sweeps = {"expansion": [], "pruning_ratio": [], "full": []}
         points = [(1.0, r) for r in s["ratios"]] + [(rate, 0.5) for rate in s["rates"] if rate != 1.0]
         for run_i in range(s["runs"]):
             for rate, ratio in points:
-                d = out / f"sweep-rate{rate}-ratio{ratio}-run{run_i}"
-                if not _done(d) and collect:
-                    missing.append(f"sweep rate {rate} ratio {ratio} run {run_i}")
+                width = int(round(16 * rate)) if s["model"].startswith("resnet") else rate
+                cfg = load_config("resnet20_pfs", scale, overrides=deep_merge(prog, {
+                    "model": {"name": s["model"], "kwargs": {"width": width}}, "train": {"seed": 100 + run_i},
+                    "method": {"density_target": 1 - ratio}, "budget": {"reduction": ratio},
+                    "stages": {"finetune": {"train": {"epochs": _scratch_epochs(s, ratio)}}}}))
+                d = runs.get(f"sweep-rate{rate}-ratio{ratio}-run{run_i}",
+                             lambda d, cfg=cfg: run_pipeline(cfg, d, resume=True, quiet=quiet),
+                             f"sweep rate {rate} ratio {ratio} run {run_i}")
+                if d is None:
                     continue
-                if not _done(d):
-                    width = int(round(16 * rate)) if s["model"].startswith("resnet") else rate
-                    sets = [f"model.name={s['model']}", f"model.kwargs.width={width}", f"train.seed={100 + run_i}",
-                            f"method.density_target={1 - ratio}", f"budget.reduction={ratio}",
-                            f"stages.finetune.train.epochs={_scratch_epochs(s, ratio)}", prog]
-                    run_pipeline(load_config("resnet20_pfs", scale, sets), d, resume=True, quiet=quiet)
                 res = read_json(d / "result.json")
                 row = {"rate": rate, "ratio": ratio, "run": run_i, "acc": res["final_test_acc"],
                        "macs": res["budget_report"]["achieved"], "reduction": 1 - res["budget_report"]["achieved_keep"],
@@ -142,23 +130,21 @@ def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, result
                     sweeps["pruning_ratio"].append(row)
                 if ratio == 0.5:
                     sweeps["expansion"].append(row)
-                _say(quiet, f"sweep rate {rate} ratio {ratio} run {run_i}: {100 * row['acc']:.2f}%")
-            fdir = out / f"full-run{run_i}"
-            if not _done(fdir) and collect:
-                missing.append(f"full run {run_i}")
+                runs.say(f"sweep rate {rate} ratio {ratio} run {run_i}: {100 * row['acc']:.2f}%")
+            fcfg = load_config(s["model"], scale, overrides=deep_merge(prog, {
+                "model": {"name": s["model"]}, "train": {"seed": 100 + run_i, "epochs": _scratch_epochs(s, 0.5)}}))
+            fdir = runs.get(f"full-run{run_i}", lambda d: train(fcfg, d, resume=True, quiet=quiet), f"full run {run_i}")
+            if fdir is None:
                 continue
-            if not _done(fdir):
-                sets = [f"model.name={s['model']}", f"train.seed={100 + run_i}",
-                        f"train.epochs={_scratch_epochs(s, 0.5)}", prog]
-                train(load_config(s["model"], scale, sets), fdir, resume=True, quiet=quiet)
             sweeps["full"].append({"run": run_i, "acc": read_json(fdir / "result.json")["final"]["test_acc"]})
         study["sweeps"] = {"expansion": sweeps["expansion"], "pruning_ratio": sweeps["pruning_ratio"]}
         accs = [r["acc"] for r in sweeps["full"]]
         study["full_acc"] = sum(accs) / len(accs) if accs else None
         study["full_runs"] = sweeps["full"]
-    study["complete"], study["missing"] = not missing, missing
+    study["parts"] = list(parts)
+    study["complete"], study["missing"] = not runs.missing and set(parts) == set(PARTS), runs.missing
     study["wall_time_s"] = time.time() - t0
     study["created"] = time.strftime("%Y-%m-%d %H:%M")
     write_json(results_file, to_jsonable(study))
-    _say(quiet, f"results written to {results_file}")
+    runs.say(f"results written to {results_file}")
     return study

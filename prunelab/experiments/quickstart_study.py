@@ -12,26 +12,27 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..config import load_config
-from ..pruning.pipeline import run_pipeline
+from ..config import deep_merge, load_config
 from ..pruning.structure import Structure
-from ..train.rundir import read_metrics
-from ..train.run import train
+from ..runfiles import read_metrics
 from ..utils import read_json, to_jsonable, write_json
-from . import results_path
+from ..workflows import SubRuns, run_pipeline, train
+from . import check_parts, results_path
+
+PARTS = ("dense", "l1")
 
 
 def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, results=None) -> dict:
     out = Path(out or f"runs/quickstart-{scale}")
     results_file = Path(results) if results else results_path("quickstart", scale)
-    prog = "train.progress=false" if quiet else "train.progress=true"
-    dense_dir, l1_dir = out / "dense", out / "l1"
-    if not (dense_dir / "result.json").exists():
-        sets = [prog] + (["train.epochs=30"] if scale == "cpu" else [])
-        train(load_config("resnet20", scale, sets), dense_dir, resume=True, quiet=quiet)
-    if not (l1_dir / "result.json").exists():
-        cfg = load_config("resnet20_l1", scale, [prog, f"stages.pretrain.init_from={dense_dir / 'model.pt'}"])
-        run_pipeline(cfg, l1_dir, resume=True, quiet=quiet)
+    check_parts("quickstart", parts, PARTS)
+    runs = SubRuns(out, quiet=quiet)
+    prog = runs.progress_override
+    dcfg = load_config("resnet20", scale, overrides=deep_merge(prog, {"train": {"epochs": 30}} if scale == "cpu" else {}))
+    dense_dir = runs.get("dense", lambda d: train(dcfg, d, resume=True, quiet=quiet))
+    lcfg = load_config("resnet20_l1", scale, overrides=deep_merge(prog, {
+        "stages": {"pretrain": {"init_from": str(dense_dir / "model.pt")}}}))
+    l1_dir = runs.get("l1", lambda d: run_pipeline(lcfg, d, resume=True, quiet=quiet))
     dense, l1 = read_json(dense_dir / "result.json"), read_json(l1_dir / "result.json")
     from .. import methods, models
     from ..train.trainer import load_weights

@@ -2,7 +2,7 @@
 
 >>> from prunelab import methods
 >>> methods.list_methods()
->>> m = methods.create("l1", mode="global")
+>>> m = methods.create("l1", mode="global")       # options checked here (methods/options.py)
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ def get(name: str) -> type:
 
 
 def create(name: str, **options) -> Method:
+    """Make method ``name``; a bad option key or value raises :class:`ConfigError` naming it."""
     return get(name)(**options)
 
 
@@ -47,6 +48,18 @@ def from_config(method_cfg: dict) -> Method:
     opts = dict(method_cfg)
     return create(opts.pop("name"), **opts)
 
+
+def _build_gated(plan: dict):
+    """Rebuild the gated network of a saved dynamic or generated result from its plan."""
+    from .. import models
+
+    net = models.create(plan["model"], **(plan.get("model_kwargs") or {}))
+    return from_config(plan["method"]).attach(net)
+
+
+from ..pruning.result import set_gated_builder  # noqa: E402
+
+set_gated_builder(_build_gated)
 
 from . import bar, l1, lzr, pfs, random, slimming  # noqa: E402,F401  (registration)
 

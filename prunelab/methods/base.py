@@ -1,14 +1,22 @@
-"""What a pruning method is: a training hook plus a way to score or gate channels.
+"""What a pruning method is: a training hook plus a way to turn what it learned into a pruned result.
 
 A method is one file under ``prunelab/methods/`` holding a :class:`Method` subclass registered with
-:func:`prunelab.methods.register`. The shared pipeline (:mod:`prunelab.pruning.pipeline`) calls
+:func:`prunelab.methods.register`, and an ``Options`` dataclass (:mod:`.options`) for its settings.
+The workflow (:mod:`prunelab.workflows.pipeline`) calls
 
-1. :meth:`Method.attach` to put gates on the network (scoring-only methods attach none),
+1. :meth:`Method.attach` to put gates (and the method's controller, a learnable network that drives
+   them) on the network; scoring-only methods attach none,
 2. the shared :class:`~prunelab.train.trainer.Trainer` with the method as a hook when
-   :attr:`Method.learns` (extra loss terms, parameter groups, callbacks),
-3. :meth:`Method.select` to choose a structure (by default: :meth:`Method.scores` fed to the budget
-   solver),
-4. :meth:`Method.hard_prune` to build the pruned network, fine-tuned with :meth:`Method.finetune_hooks`.
+   :attr:`Method.learns` (extra loss terms, parameter groups, callbacks). What ``select`` needs from
+   training (best gates, counters) lives in :meth:`state_dict`, saved with the learn checkpoint,
+3. :meth:`Method.finalize`, which returns a :class:`~prunelab.pruning.result.PrunedResult`: by default
+   :meth:`select` (a structure and a :class:`~prunelab.pruning.result.SelectReport`) and
+   :meth:`hard_prune` (the compact network), i.e. a static result. Dynamic and generated methods
+   return their own kinds,
+4. the fine-tuning stage, with :meth:`Method.finetune_hooks`.
+
+:meth:`Method.masked` is the reference the conformance test holds the pruned module to: the dense
+network with the structure's masks, computing what the compact network must compute in eval mode.
 """
 
 from __future__ import annotations
@@ -16,71 +24,64 @@ from __future__ import annotations
 from typing import ClassVar
 
 import numpy as np
+import torch
 import torch.nn as nn
 
-from ..errors import ConfigError, suggest
+from ..errors import ConfigError
+from ..hooks import Hook
 from ..models.spec import ModelSpec
 from ..pruning.budget import Budget, solve_budget
 from ..pruning.compact import compact
-from ..pruning.gates import GatedModel
+from ..pruning.gates import FixedGate, GatedModel
+from ..pruning.result import PrunedResult, SelectReport, StaticResult
 from ..pruning.structure import Structure
-from ..train.trainer import Hook
-
-# default gate placements per model family (methods.md §0.3)
-DEFAULT_SLOTS = {
-    "resnet_cifar": ("mid",),
-    "vgg": ("conv",),
-    "mobilenet": ("stem", "expand", "final"),
-    "resnet_imagenet": ("mid1", "mid2"),
-}
+from .options import MethodOptions, options_dict, parse_options
 
 
 class Method(Hook):
-    """Base class. Subclasses set ``name`` (by :func:`register`), ``defaults`` and override hooks."""
+    """Base class. Subclasses set ``Options`` and override hooks; :func:`register` sets ``name``.
+
+    Class attributes:
+        learns: the method has a structure-learning training stage.
+        Options: the options dataclass (checked when the method is made).
+        slot_set: which of the model's declared default placements the gates go to
+            (``"internal"``: block-internal channels; ``"outputs"``: every conv output).
+        result_kind: the kind of :class:`PrunedResult` :meth:`finalize` returns.
+        budget_tolerance: relative tolerance within which :meth:`finalize` meets a budget by
+            selection; None when the budget is reached by training instead (BAR's barrier, L0's
+            penalty), so that the selected cost depends on how long the method trained.
+    """
 
     name: ClassVar[str] = "base"
-    learns: ClassVar[bool] = False  # has a structure-learning training stage
-    defaults: ClassVar[dict] = {}
-    slot_defaults: ClassVar[dict] = DEFAULT_SLOTS
+    learns: ClassVar[bool] = False
+    Options: ClassVar[type] = MethodOptions
+    slot_set: ClassVar[str] = "internal"
+    result_kind: ClassVar[str] = "static"
+    budget_tolerance: ClassVar[float | None] = 0.01
 
     def __init__(self, **options):
-        valid = {"slots", "mode", "min_channels", "groups", *self.defaults}
-        bad = [k for k in options if k not in valid]
-        if bad:
-            raise ConfigError(f"method {self.name!r} has no option {bad[0]!r}.{suggest(bad[0], valid)} "
-                              f"Valid options: {', '.join(sorted(valid))}")
-        for k, v in options.items():  # numbers given as text (e.g. from YAML's "1e-3") become numbers
-            d = self.defaults.get(k)
-            if isinstance(d, (int, float)) and not isinstance(d, bool) and isinstance(v, str):
-                try:
-                    options[k] = type(d)(float(v))
-                except ValueError:
-                    raise ConfigError(f"method {self.name} option {k} must be a number, got {v!r}") from None
-        self.options = {"slots": None, "mode": "global", "min_channels": 1, "groups": "none",
-                        **self.defaults, **options}
-        if self.options["groups"] not in ("none", "trunk"):
-            raise ConfigError(f"method option groups must be 'none' or 'trunk' (residual trunk shares one mask), "
-                              f"got {self.options['groups']!r}")
+        self.options = parse_options(self.Options, options, self.name)
+        self.spec: ModelSpec | None = None
+        self.budget: Budget | None = None
 
     def __repr__(self):
-        return f"{type(self).__name__}({self.options})"
+        return f"{type(self).__name__}({options_dict(self.options)})"
+
+    def config(self) -> dict:
+        """The ``method:`` config section that recreates this method."""
+        return {"name": self.name, **options_dict(self.options)}
 
     # -- placement ---------------------------------------------------------------------------------
     def slots(self, spec: ModelSpec) -> tuple:
-        s = self.options.get("slots")
-        if s:
-            return tuple([s] if isinstance(s, str) else s)
-        try:
-            return self.slot_defaults[spec.family]
-        except KeyError:
-            raise ConfigError(f"method {self.name} has no default gate slots for {spec.family} models; "
-                              f"set method.slots (one of {spec.slots()})") from None
+        if self.options.slots:
+            return tuple(self.options.slots)
+        return tuple(s for s in spec.default_slots(self.slot_set) if s in spec.slots())
 
     def tensors(self, spec: ModelSpec):
         return spec.select(self.slots(spec))
 
     def attach(self, net: nn.Module) -> nn.Module:
-        """Put this method's gates on ``net`` (default: none; scoring-only methods)."""
+        """Put this method's gates (and controller) on ``net`` (default: none; scoring-only methods)."""
         return net
 
     def prepare(self, spec: ModelSpec, budget: Budget | None) -> None:
@@ -92,7 +93,7 @@ class Method(Hook):
         raise NotImplementedError(f"method {self.name} does not score channels")
 
     def groups(self, spec: ModelSpec):
-        if self.options["groups"] == "trunk":
+        if self.options.groups == "trunk":
             trunks = spec.trunks()
             if not trunks:
                 raise ConfigError(f"method option groups: trunk, but model {spec.model} declares no residual trunks "
@@ -101,19 +102,43 @@ class Method(Hook):
             return [[n for n in members if n in chosen] for members in trunks.values()]
         return None
 
-    def select(self, model: nn.Module, spec: ModelSpec, budget: Budget | None) -> tuple[Structure, dict]:
+    def select(self, model: nn.Module, spec: ModelSpec, budget: Budget | None) -> tuple[Structure, SelectReport]:
         """Choose the structure. Default: the budget solver on :meth:`scores`."""
         if budget is None:
             raise ConfigError(f"method {self.name} needs a budget (e.g. budget: {{metric: macs, keep: 0.5}})")
-        return solve_budget(spec, self.scores(model, spec), budget, mode=self.options["mode"],
-                            groups=self.groups(spec), min_channels=self.options["min_channels"],
-                            model_kwargs=_kwargs(model))
+        structure, report = solve_budget(spec, self.scores(model, spec), budget, mode=self.options.mode,
+                                         groups=self.groups(spec), min_channels=self.options.min_channels,
+                                         model_kwargs=_kwargs(model))
+        return structure, SelectReport.from_budget(report, structure)
+
+    def finalize(self, model: nn.Module, spec: ModelSpec, budget: Budget | None) -> PrunedResult:
+        """The pruned result at the end of the learn stage (static: structure + compact network)."""
+        structure, report = self.select(model, spec, budget)
+        structure.meta = {**structure.meta, "method": self.config(), "report": report.to_dict()}
+        return StaticResult(self.hard_prune(model, structure), structure, report)
 
     # -- after pruning -----------------------------------------------------------------------------
     def hard_prune(self, model: nn.Module, structure: Structure) -> nn.Module:
-        """The physically pruned network to fine-tune (gates of value 1 on kept channels, B9)."""
+        """The physically pruned network to fine-tune (kept channels multiplied by 1; decisions B9)."""
         net = model.net if isinstance(model, GatedModel) else model
         return compact(net, structure)
+
+    def kept_values(self, model: nn.Module, structure: Structure) -> dict[str, torch.Tensor]:
+        """What each kept channel is multiplied by after hard pruning (default: 1, dead channels 0)."""
+        return {n: torch.as_tensor(m, dtype=torch.float32) for n, m in structure.masks().items()}
+
+    def masked(self, model: nn.Module, structure: Structure) -> nn.Module:
+        """The dense network with fixed gates holding :meth:`kept_values` (the compact network's reference)."""
+        import copy
+
+        from ..pruning.gates import strip_gates
+
+        net = model.net if isinstance(model, GatedModel) else model
+        net = strip_gates(copy.deepcopy(net))
+        net.__dict__.pop("_prunelab_spec", None)
+        spec = self.spec if self.spec is not None and self.spec.model == structure.model else None
+        gates = {n: FixedGate(v) for n, v in self.kept_values(model, structure).items()}
+        return GatedModel(net, gates, spec, fuse_bn=False)
 
     def finetune_hooks(self) -> list:
         return []

@@ -3,26 +3,29 @@
 ``normalize`` divides each layer's norms by their mean (default), so one global ranking compares
 layers of different fan-in fairly, as Torch-Pruning's global magnitude pruner does; ``none`` ranks
 raw norms; ``max`` divides by the layer maximum. With ``groups: trunk`` the contributors of a
-residual trunk share one mask, scored by the sum of their filters' norms (L6).
+residual trunk share one mask, scored by the sum of their filters' norms (L6; docs/decisions.md).
 """
 
 from __future__ import annotations
 
-import numpy as np
-
-from ..errors import ConfigError
 from . import register
 from .base import Method, conv_of
+from .options import Literal, MethodOptions, dataclass
+
+
+@dataclass
+class L1Options(MethodOptions):
+    """``normalize``: how each layer's filter norms are scaled before the global ranking."""
+
+    normalize: Literal["mean", "none", "max"] = "mean"
 
 
 @register("l1")
 class L1Magnitude(Method):
-    defaults = {"normalize": "mean"}
+    Options = L1Options
 
     def scores(self, model, spec):
-        how = self.options["normalize"]
-        if how not in ("none", "mean", "max"):
-            raise ConfigError(f"l1 option normalize must be none, mean or max, got {how!r}")
+        how = self.options.normalize
         out = {}
         for t in self.tensors(spec):
             w = conv_of(model, spec, t.name).weight.detach()

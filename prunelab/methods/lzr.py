@@ -1,9 +1,9 @@
 """``lzr``: L0 regularisation with Hard Concrete gates (Louizos, Welling, Kingma 2018), in BAR's setting.
 
-One Hard Concrete gate per feature map (methods.md §4.2, §5.1): log alpha ~ U(0, 0.01), beta, gamma,
-zeta = 2/3, -0.1, 1.1. Learn stage loss: ``lambda * L_HC`` with ``L_HC = sum P(z != 0)`` (unweighted,
-BAR's Eq. 5); ``weight: area`` weights each gate by its tensor's H*W (expected activation volume),
-``weight: params`` by the parameters of its filter (Louizos's per-weight L0 cost, without its
+One Hard Concrete gate per feature map (docs/decisions.md §4.2, §5.1): log alpha ~ U(0, 0.01), beta,
+gamma, zeta = 2/3, -0.1, 1.1. Learn stage loss: ``lambda * L_HC`` with ``L_HC = sum P(z != 0)``
+(unweighted, BAR's Eq. 5); ``weight: area`` weights each gate by its tensor's H*W (expected activation
+volume), ``weight: params`` by the parameters of its filter (Louizos's per-weight L0 cost, without its
 weight-decay scaling). There is no budget: sweep ``lambda`` and report the factors reached (L2);
 ``select: budget`` instead ranks channels by log alpha and meets a budget.
 
@@ -16,13 +16,15 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError
+from ..hooks import ParamGroup
 from ..pruning.budget import solve_budget
 from ..pruning.compact import compact
 from ..pruning.gates import FixedGate, GatedModel, HardConcreteGate, attach_gates
+from ..pruning.result import SelectReport
 from ..pruning.structure import Structure, ensure_connected
-from ..train.trainer import ParamGroup
 from . import register
 from .base import Method
+from .options import Literal, MethodOptions, dataclass, field
 
 
 def hc_sparsity(gated: GatedModel, weight: str = "none") -> torch.Tensor:
@@ -44,28 +46,70 @@ def hc_sparsity(gated: GatedModel, weight: str = "none") -> torch.Tensor:
     return total
 
 
+@dataclass
+class HardConcreteOptions(MethodOptions):
+    """Options of Hard Concrete gates shared by ``lzr`` and ``bar``.
+
+    ``init``: log alpha's initial distribution (``[uniform, low, high]``); ``noise``: one gate sample
+    per batch or per example; ``gate_lr``: Adam's step on log alpha; ``post_prune_scale``: what kept
+    maps are multiplied by after hard pruning (``one``, B9, or the frozen deterministic gate ``zhat``).
+    """
+
+    lambda_: float = field(default=1e-5, metadata={"key": "lambda"})
+    gate_lr: float = 1e-3
+    init: tuple[str, float, float] = ("uniform", 0.0, 0.01)
+    noise: Literal["batch", "example"] = "batch"
+    post_prune_scale: Literal["one", "zhat"] = "one"
+
+    def check(self):
+        super().check()
+        if self.lambda_ < 0:
+            raise ConfigError(f"option lambda must be >= 0, got {self.lambda_}")
+        if self.gate_lr <= 0:
+            raise ConfigError(f"option gate_lr must be > 0, got {self.gate_lr}")
+
+
+@dataclass
+class LzrOptions(HardConcreteOptions):
+    """``weight``: how each gate's P(z != 0) is weighted; ``select``: ``threshold`` (gate > 0) or
+    ``budget`` (rank log alpha, meet the run's budget)."""
+
+    weight: Literal["none", "area", "params"] = "none"
+    select: Literal["threshold", "budget"] = "threshold"
+
+
+def hard_concrete_gated(method: Method, net):
+    """``net`` with one Hard Concrete gate on every tensor of the method's slots."""
+    from ..models.registry import describe
+
+    spec = describe(net)
+    o = method.options
+    return attach_gates(net, lambda t: HardConcreteGate(t.channels, init=tuple(o.init), noise=o.noise),
+                        method.slots(spec))
+
+
+def zhat_values(model, structure) -> dict:
+    """Kept channels' frozen deterministic gate values (``post_prune_scale: zhat``), dead channels 0."""
+    return {n: g.values().detach().cpu().float() * torch.as_tensor(structure.masks()[n], dtype=torch.float32)
+            for n, g in model.items()}
+
+
 @register("lzr")
 class L0Regularization(Method):
     learns = True
-    defaults = {"lambda": 1e-5, "weight": "none", "gate_lr": 1e-3, "init": ("uniform", 0.0, 0.01),
-                "noise": "batch", "select": "threshold", "post_prune_scale": "one", "kd": None}
-    slot_defaults = {"resnet_cifar": ("stem", "mid", "delta", "proj"), "vgg": ("conv",),
-                     "mobilenet": ("stem", "expand", "final"), "resnet_imagenet": ("mid1", "mid2")}
+    Options = LzrOptions
+    slot_set = "outputs"
+    budget_tolerance = None  # threshold selection: the cost is what lambda reached (L2)
 
     def attach(self, net):
-        from ..models.registry import describe
-
-        spec = describe(net)
-        slots = [s for s in self.slots(spec) if s in spec.slots()]
-        init = tuple(self.options["init"])
-        return attach_gates(net, lambda t: HardConcreteGate(t.channels, init=init, noise=self.options["noise"]), slots)
+        return hard_concrete_gated(self, net)
 
     def param_groups(self, trainer):
         gates = [g.log_alpha for _, g in trainer.model.items()]
-        return [ParamGroup("gates", gates, optimizer="adam", lr=self.options["gate_lr"], schedule="main")]
+        return [ParamGroup("gates", gates, optimizer="adam", lr=self.options.gate_lr, schedule="main")]
 
     def loss_terms(self, trainer, batch):
-        return {"l0": self.options["lambda"] * hc_sparsity(trainer.model, self.options["weight"])}
+        return {"l0": self.options.lambda_ * hc_sparsity(trainer.model, self.options.weight)}
 
     def end_epoch(self, trainer, epoch):
         from ..counting import count
@@ -76,22 +120,32 @@ class L0Regularization(Method):
                 "v_factor": c0.volume / max(c.volume, 1), "f_factor": c0.macs / max(c.macs, 1)}
 
     def select(self, model, spec, budget):
-        if self.options["select"] == "budget":
+        if self.options.select == "budget":
             if budget is None:
                 raise ConfigError("lzr with select: budget needs a budget")
             scores = {n: g.log_alpha.detach().double().cpu().numpy() for n, g in model.items()}
-            return solve_budget(spec, scores, budget, min_channels=self.options["min_channels"],
-                                model_kwargs=model.prunelab_kwargs)
-        if self.options["select"] != "threshold":
-            raise ConfigError("lzr option select must be threshold or budget")
+            s, rep = solve_budget(spec, scores, budget, min_channels=self.options.min_channels,
+                                  model_kwargs=model.prunelab_kwargs)
+            return s, SelectReport.from_budget(rep, s, rule="log alpha ranking + bisection on the budget")
         s = Structure.from_gates(model)
         # a layer whose gates all closed would disconnect the network: revive its best channel
         s = ensure_connected(s, spec, {n: g.log_alpha.detach().cpu().numpy() for n, g in model.items()})
-        return s, {"rule": "deterministic gate > 0 (log alpha > -2.398)", "revived": s.meta.get("revived", [])}
+        metric = budget.metric if budget is not None else "macs"
+        from ..pruning.budget import measure
+
+        achieved = measure(spec, s, metric)
+        target = budget.keep * measure(spec, Structure.full(spec, names=[]), metric) if budget is not None else None
+        return s, SelectReport("deterministic gate > 0 (log alpha > -2.398)", metric, target, achieved, s.counts(),
+                               {"revived": s.meta.get("revived", [])})
+
+    def kept_values(self, model, structure):
+        if self.options.post_prune_scale == "zhat":
+            return zhat_values(model, structure)
+        return super().kept_values(model, structure)
 
     def hard_prune(self, model, structure):
-        if self.options["post_prune_scale"] == "zhat":
-            gates = {n: FixedGate(g.values().detach() * torch.as_tensor(structure.masks()[n], dtype=torch.float32))
-                     for n, g in model.items()}
+        if self.options.post_prune_scale == "zhat":
+            gates = {n: FixedGate(v.to(g.values().device)) for (n, g), v in
+                     zip(model.items(), zhat_values(model, structure).values())}
             return compact(GatedModel(model.net, gates, model.spec), structure)
         return compact(model.net, structure)

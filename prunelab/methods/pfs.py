@@ -1,4 +1,4 @@
-"""``pfs``: Pruning from Scratch (Wang et al., AAAI 2020; methods.md §3).
+"""``pfs``: Pruning from Scratch (Wang et al., AAAI 2020; docs/decisions.md §3).
 
 1. Scalar gates (init 1) after the BN of the gated convs: CIFAR ResNets ``mid`` (block middles),
    VGG every conv, MobileNet stem + expansions + final 1x1 (the released code's placement; the
@@ -24,37 +24,60 @@ import torch
 
 from ..counting import count
 from ..errors import ConfigError
-from ..models.registry import create
+from ..hooks import ParamGroup
+from ..models.registry import create, get_entry
 from ..pruning.budget import solve_budget
 from ..pruning.gates import ScalarGate, attach_gates
-from ..train.trainer import ParamGroup
+from ..pruning.result import SelectReport
 from . import register
 from .base import Method
+from .options import Literal, MethodOptions, dataclass, field
 
-DEFAULT_WIDTH = {"resnet_cifar": {"width": 16}, "vgg": {"width": 1.0}, "mobilenet": {"width_mult": 1.0}}
+
+@dataclass
+class PfsOptions(MethodOptions):
+    """PFS's options.
+
+    ``density_target`` (alias ``r``, P4): the target mean gate, 1 - pruning ratio; ``lambda``: weight of
+    ``(mean |gate| - r)^2``; ``gate_lr``: Adam on the gates; ``refine``: add channels one by one after the
+    bisection (P3); ``count_pool``: count average pooling in MACs (PFS's counter); ``reference``:
+    ``unexpanded`` measures the budget against the default-width network (P5), ``model`` against this one.
+    """
+
+    density_target: float = 0.5
+    r: float | None = None
+    lambda_: float = field(default=0.5, metadata={"key": "lambda"})
+    gate_lr: float = 0.01
+    refine: bool = False
+    count_pool: bool = False
+    reference: Literal["unexpanded", "model"] = "unexpanded"
+
+    def check(self):
+        super().check()
+        if self.r is not None:  # alias of density_target (P4)
+            self.density_target = self.r
+        if not 0 < self.density_target <= 1:
+            raise ConfigError(f"pfs density_target (r) must be in (0, 1], got {self.density_target}")
+        if self.lambda_ < 0 or self.gate_lr <= 0:
+            raise ConfigError("pfs needs lambda >= 0 and gate_lr > 0")
 
 
 @register("pfs")
 class PruningFromScratch(Method):
     learns = True
-    defaults = {"density_target": 0.5, "r": None, "lambda": 0.5, "gate_lr": 0.01, "refine": False,
-                "count_pool": False, "reference": "unexpanded"}
-    slot_defaults = {"resnet_cifar": ("mid",), "vgg": ("conv",), "mobilenet": ("stem", "expand", "final"),
-                     "resnet_imagenet": ("mid1", "mid2")}
+    Options = PfsOptions
+    # P3: the longest prefix of the global gate ranking that fits, so the cost can stop one large
+    # channel short of the target (``refine: true`` adds the channels that still fit)
+    budget_tolerance = 0.03
 
     def __init__(self, **options):
         super().__init__(**options)
-        if self.options["r"] is not None:  # alias of density_target (P4)
-            self.options["density_target"] = self.options["r"]
-        r = self.options["density_target"]
-        if not 0 < r <= 1:
-            raise ConfigError(f"pfs density_target (r) must be in (0, 1], got {r}")
         self.best = None  # (held-out accuracy, epoch, gate values) saved by the save rule
         self.log: list[dict] = []
 
     @property
     def density_target(self) -> float:
-        return float(self.options["density_target"])
+        return float(self.options.density_target)
 
     def attach(self, net):
         from ..models.registry import describe
@@ -69,13 +92,13 @@ class PruningFromScratch(Method):
         self._gates = [g.gate for _, g in trainer.model.items()]
 
     def param_groups(self, trainer):
-        return [ParamGroup("gates", self._gates, optimizer="adam", lr=self.options["gate_lr"], schedule="constant")]
+        return [ParamGroup("gates", self._gates, optimizer="adam", lr=self.options.gate_lr, schedule="constant")]
 
     def mean_gate(self) -> torch.Tensor:
         return torch.cat([g.abs() for g in self._gates]).mean()
 
     def loss_terms(self, trainer, batch):
-        return {"density_reg": self.options["lambda"] * (self.mean_gate() - self.density_target) ** 2}
+        return {"density_reg": self.options.lambda_ * (self.mean_gate() - self.density_target) ** 2}
 
     def after_step(self, trainer, batch):
         with torch.no_grad():
@@ -117,11 +140,12 @@ class PruningFromScratch(Method):
         return {n: g.gate.detach().double().cpu().numpy() for n, g in model.items()}
 
     def reference_macs(self, spec) -> float:
-        """MACs of the unexpanded default-width network (the budget's 100%)."""
-        if self.options["reference"] != "unexpanded":
-            return float(count(spec, count_pool=self.options["count_pool"]).macs)
-        kw = {**self._net_kwargs, **DEFAULT_WIDTH.get(spec.family, {})}
-        return float(count(create(spec.model, **kw), count_pool=self.options["count_pool"]).macs)
+        """MACs of the unexpanded default-width network (the budget's 100%; the model registry declares
+        its default-width arguments)."""
+        if self.options.reference != "unexpanded":
+            return float(count(spec, count_pool=self.options.count_pool).macs)
+        kw = {**self._net_kwargs, **get_entry(spec.model).reference_kwargs}
+        return float(count(create(spec.model, **kw), count_pool=self.options.count_pool).macs)
 
     def select(self, model, spec, budget):
         if budget is None:
@@ -129,13 +153,14 @@ class PruningFromScratch(Method):
         if budget.metric not in ("macs", "flops"):
             raise ConfigError("pfs prunes to a MAC (FLOP) budget")
         scores = self.gate_values(model)
-        structure, report = solve_budget(spec, scores, budget, mode="global", min_channels=self.options["min_channels"],
-                                         count_pool=self.options["count_pool"], reference=self.reference_macs(spec) *
-                                         (2 if budget.metric == "flops" else 1), refine=self.options["refine"],
+        structure, report = solve_budget(spec, scores, budget, mode="global", min_channels=self.options.min_channels,
+                                         count_pool=self.options.count_pool, reference=self.reference_macs(spec) *
+                                         (2 if budget.metric == "flops" else 1), refine=self.options.refine,
                                          model_kwargs=self._net_kwargs)
-        report["gates_from"] = (f"epoch {self.best[1]} (held-out acc {self.best[0]:.4f}, density <= r)"
-                                if self.best is not None else "final gates (save rule never met)")
-        report["nonzero_gates"] = int(sum((v != 0).sum() for v in scores.values()))
-        report["density_target"] = self.density_target
+        gates_from = (f"epoch {self.best[1]} (held-out acc {self.best[0]:.4f}, density <= r)"
+                      if self.best is not None else "final gates (save rule never met)")
         structure.meta["widths"] = structure.counts()
-        return structure, report
+        return structure, SelectReport.from_budget(
+            report, structure, rule="global gate ranking + MAC bisection vs the unexpanded network",
+            gates_from=gates_from, nonzero_gates=int(sum((v != 0).sum() for v in scores.values())),
+            density_target=self.density_target)

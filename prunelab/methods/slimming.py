@@ -1,4 +1,4 @@
-"""``slimming``: Network Slimming (Liu et al. 2017; methods.md §5.4).
+"""``slimming``: Network Slimming (Liu et al. 2017; docs/decisions.md §5.4).
 
 Learn stage: train with an L1 penalty ``s * sum |gamma|`` on the BatchNorm scales of the gated
 tensors (s = 1e-4 for VGG, 1e-5 for ResNets in NS's code; default 1e-4). Select: one global
@@ -11,14 +11,28 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import ConfigError
 from . import register
 from .base import Method, bn_of
+from .options import MethodOptions, dataclass
+
+
+@dataclass
+class SlimmingOptions(MethodOptions):
+    """``sparsity``: the weight s of the L1 penalty on BN scales."""
+
+    sparsity: float = 1e-4
+
+    def check(self):
+        super().check()
+        if self.sparsity < 0:
+            raise ConfigError(f"slimming option sparsity must be >= 0, got {self.sparsity}")
 
 
 @register("slimming")
 class NetworkSlimming(Method):
     learns = True
-    defaults = {"sparsity": 1e-4}
+    Options = SlimmingOptions
 
     def setup(self, trainer):
         from ..models.registry import describe
@@ -29,7 +43,7 @@ class NetworkSlimming(Method):
 
     def loss_terms(self, trainer, batch):
         l1 = sum(bn.weight.abs().sum() for bn in self._bns)
-        return {"bn_l1": self.options["sparsity"] * l1}
+        return {"bn_l1": self.options.sparsity * l1}
 
     def scores(self, model, spec):
         return {t.name: bn_of(model, spec, t.name).weight.detach().abs().double().cpu().numpy()

@@ -1,4 +1,4 @@
-"""BAR's wide ResNet for CIFAR (methods.md §4.1, B11, B12).
+"""BAR's wide ResNet for CIFAR (docs/decisions.md §4.1, B11, B12).
 
 Three stages of ``blocks_per_stage`` post-activation basic blocks with widths 16k/32k/64k, a
 16-channel stem, and a 1x1 conv + BN projection on the first block of *every* stage (stage 1
@@ -12,10 +12,10 @@ The ``cpu`` scale uses k = 1 (V0 = 274,432; 55.2 M MACs) [unverified; B15].
 from __future__ import annotations
 
 from .registry import register_model
-from .resnet_cifar import CifarResNet, describe_cifar_resnet
+from .resnet_cifar import SLOT_SETS, CifarResNet, describe_cifar_resnet
 
 
-@register_model(describe=describe_cifar_resnet, family="resnet_cifar")
+@register_model(describe=describe_cifar_resnet, family="resnet_cifar", slot_sets=SLOT_SETS)
 def bar_wrn(blocks_per_stage: int = 4, k: int = 12, num_classes: int = 10) -> CifarResNet:
     """BAR's wide ResNet: stages of 16k/32k/64k channels, projections on every stage."""
     n = blocks_per_stage

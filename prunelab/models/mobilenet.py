@@ -1,6 +1,6 @@
 """MobileNetV2 (CIFAR and ImageNet) and MobileNetV3-small (ImageNet), built from torchvision.
 
-Gated tensors (PFS placement, methods.md §0.3): the stem, the expansion output of every inverted
+Gated tensors (PFS placement, docs/decisions.md §0.3): the stem, the expansion output of every inverted
 residual that has one, and the final 1x1 conv. An expansion's channels run through the depthwise
 conv (and the squeeze-excitation of V3) to the projection, so the alive mask is applied again after
 the depthwise BatchNorm: without it a switched-off channel would re-appear as BN's constant.
@@ -76,7 +76,9 @@ def describe_mobilenet(model: nn.Module) -> ModelSpec:
     return ModelSpec("", gated, ops)
 
 
-@register_model(describe=describe_mobilenet, family="mobilenet")
+SLOT_SETS = {"internal": ("stem", "expand", "final"), "outputs": ("stem", "expand", "final")}
+
+@register_model(describe=describe_mobilenet, family="mobilenet", slot_sets=SLOT_SETS, reference_kwargs={"width_mult": 1.0})
 def mobilenetv2(num_classes: int = 10, width_mult: float = 1.0) -> nn.Module:
     """MobileNetV2 for CIFAR: torchvision's network with stride 1 in the stem and first stages."""
     model = tv_mobilenet_v2(weights=None, num_classes=num_classes, width_mult=width_mult,
@@ -85,13 +87,14 @@ def mobilenetv2(num_classes: int = 10, width_mult: float = 1.0) -> nn.Module:
     return model
 
 
-@register_model(describe=describe_mobilenet, family="mobilenet", input_size=(3, 224, 224), num_classes=1000)
+@register_model(describe=describe_mobilenet, family="mobilenet", slot_sets=SLOT_SETS, input_size=(3, 224, 224), num_classes=1000,
+                reference_kwargs={"width_mult": 1.0})
 def mobilenetv2_imagenet(num_classes: int = 1000, width_mult: float = 1.0) -> nn.Module:
     """torchvision's MobileNetV2 (ImageNet, 224x224)."""
     return tv_mobilenet_v2(weights=None, num_classes=num_classes, width_mult=width_mult)
 
 
-@register_model(describe=describe_mobilenet, family="mobilenet", input_size=(3, 224, 224), num_classes=1000)
+@register_model(describe=describe_mobilenet, family="mobilenet", slot_sets=SLOT_SETS, input_size=(3, 224, 224), num_classes=1000)
 def mobilenetv3_small_imagenet(num_classes: int = 1000) -> nn.Module:
     """torchvision's MobileNetV3-small (ImageNet, 224x224)."""
     return tv_mobilenet_v3_small(weights=None, num_classes=num_classes)

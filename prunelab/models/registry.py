@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch.nn as nn
@@ -25,20 +25,31 @@ class ModelEntry:
     family: str
     input_size: tuple[int, int, int]
     num_classes: int
+    # where a method puts its gates by default: "internal" = the channels a block can lose without
+    # touching a residual trunk (most channel pruners), "outputs" = every conv output (BAR, L0)
+    slot_sets: dict = field(default_factory=dict)
+    # model arguments of the default-width network (PFS measures budgets against it)
+    reference_kwargs: dict = field(default_factory=dict)
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
 def register_model(name: str | None = None, *, describe: Callable, family: str,
-                   input_size=(3, 32, 32), num_classes: int = 10):
-    """Decorator registering a builder function under ``name`` (default: the function's name)."""
+                   input_size=(3, 32, 32), num_classes: int = 10, slot_sets: dict | None = None,
+                   reference_kwargs: dict | None = None):
+    """Decorator registering a builder function under ``name`` (default: the function's name).
+
+    ``slot_sets`` names the default gate placements (``{"internal": slots, "outputs": slots}``);
+    ``reference_kwargs`` are the model arguments of its default-width network.
+    """
 
     def wrap(fn):
         key = name or fn.__name__
         if key in _REGISTRY:
             raise ValueError(f"model {key!r} registered twice")
-        _REGISTRY[key] = ModelEntry(key, fn, describe, family, tuple(input_size), num_classes)
+        _REGISTRY[key] = ModelEntry(key, fn, describe, family, tuple(input_size), num_classes,
+                                    dict(slot_sets or {}), dict(reference_kwargs or {}))
         return fn
 
     return wrap
@@ -94,5 +105,6 @@ def describe(model: nn.Module, name: str | None = None) -> ModelSpec:
     spec.family = entry.family
     spec.input_size = entry.input_size
     spec = trace_shapes(model, spec)
+    spec.slot_sets = {k: tuple(v) for k, v in entry.slot_sets.items()}
     model._prunelab_spec = spec
     return spec

@@ -1,6 +1,6 @@
 """CIFAR ResNets (He et al. 2016, §4.2): 3 stages of basic blocks at 32²/16²/8².
 
-Shortcut options (methods.md §0.2, G1):
+Shortcut options (docs/decisions.md §0.2, G1):
 
 * ``"A"`` (default): identity; where the stride is 2 and the width doubles, spatial subsampling
   plus zero-padded new channels. No parameters. The residual trunk is never pruned.
@@ -9,7 +9,7 @@ Shortcut options (methods.md §0.2, G1):
 * ``"proj"``: 1x1 conv + BN on the first block of *every* stage, stage 1 included (BAR's WRN).
 
 With B, conv_nobn and proj the trunk is prunable: the stem, projections and block deltas are gated
-tensors whose alive channels unite in the trunk (methods.md §4.4).
+tensors whose alive channels unite in the trunk (docs/decisions.md §4.4).
 """
 
 from __future__ import annotations
@@ -157,26 +157,28 @@ def _resnet(depth: int, shortcut: str, width: int, num_classes: int) -> CifarRes
     return CifarResNet((n, n, n), (width, 2 * width, 4 * width), width, shortcut, num_classes)
 
 
-@register_model(describe=describe_cifar_resnet, family="resnet_cifar")
+SLOT_SETS = {"internal": ("mid",), "outputs": ("stem", "mid", "delta", "proj")}
+
+@register_model(describe=describe_cifar_resnet, family="resnet_cifar", slot_sets=SLOT_SETS, reference_kwargs={"width": 16})
 def resnet20(shortcut: str = "A", width: int = 16, num_classes: int = 10) -> CifarResNet:
     """ResNet-20 for CIFAR (0.27 M params, 40.55 M MACs with shortcut A). ``width`` is the base
     width c (stages c, 2c, 4c): PFS's expansion sets it."""
     return _resnet(20, shortcut, width, num_classes)
 
 
-@register_model(describe=describe_cifar_resnet, family="resnet_cifar")
+@register_model(describe=describe_cifar_resnet, family="resnet_cifar", slot_sets=SLOT_SETS, reference_kwargs={"width": 16})
 def resnet32(shortcut: str = "A", width: int = 16, num_classes: int = 10) -> CifarResNet:
     """ResNet-32 for CIFAR."""
     return _resnet(32, shortcut, width, num_classes)
 
 
-@register_model(describe=describe_cifar_resnet, family="resnet_cifar")
+@register_model(describe=describe_cifar_resnet, family="resnet_cifar", slot_sets=SLOT_SETS, reference_kwargs={"width": 16})
 def resnet56(shortcut: str = "A", width: int = 16, num_classes: int = 10) -> CifarResNet:
     """ResNet-56 for CIFAR (125.49 M MACs with shortcut A, 125.75 M with B)."""
     return _resnet(56, shortcut, width, num_classes)
 
 
-@register_model(describe=describe_cifar_resnet, family="resnet_cifar")
+@register_model(describe=describe_cifar_resnet, family="resnet_cifar", slot_sets=SLOT_SETS, reference_kwargs={"width": 16})
 def resnet110(shortcut: str = "A", width: int = 16, num_classes: int = 10) -> CifarResNet:
     """ResNet-110 for CIFAR."""
     return _resnet(110, shortcut, width, num_classes)

@@ -31,7 +31,9 @@ def describe_bottleneck_resnet(model: nn.Module) -> ModelSpec:
     return ModelSpec("", tensors, ops)
 
 
-@register_model(describe=describe_bottleneck_resnet, family="resnet_imagenet", input_size=(3, 224, 224),
+SLOT_SETS = {"internal": ("mid1", "mid2"), "outputs": ("mid1", "mid2")}
+
+@register_model(describe=describe_bottleneck_resnet, family="resnet_imagenet", slot_sets=SLOT_SETS, input_size=(3, 224, 224),
                 num_classes=1000)
 def resnet50_imagenet(num_classes: int = 1000) -> nn.Module:
     """torchvision's ResNet-50 (ImageNet, 224x224; 4.09 G MACs)."""

@@ -4,7 +4,7 @@ A :class:`ModelSpec` lists
 
 * the **gated tensors** (:class:`GatedTensor`): conv/BN outputs whose channels a gate may switch
   off. Each names its *slot* (``stem``, ``mid``, ``delta``, ``proj``, ``conv``, ``expand``,
-  ``final``, ``mid1``/``mid2`` for bottlenecks; methods.md §0.3), the module whose output the gate
+  ``final``, ``mid1``/``mid2`` for bottlenecks; docs/decisions.md §0.3), the module whose output the gate
   multiplies (the BatchNorm after the conv), and the modules after which its binary mask must also
   be applied so that a dead channel is exactly zero downstream (a depthwise conv's BatchNorm would
   otherwise turn a zero into a constant);
@@ -30,7 +30,7 @@ class GatedTensor:
 
     Attributes:
         name: unique id, e.g. ``"layer2.3.mid"``.
-        slot: role in the network (methods.md §0.3).
+        slot: role in the network (docs/decisions.md §0.3).
         channels: full number of channels.
         module: path of the module whose output the gate multiplies (usually a BatchNorm).
         conv: path of the conv that produces it (a per-instance gate reads this conv's input).
@@ -38,7 +38,7 @@ class GatedTensor:
         mask_modules: further modules after which the binary alive mask is applied.
         block_input: for a ``delta`` in a prunable trunk, the tensors whose union is the block's
             input. In *regular* residual accounting the delta is counted at the width of
-            ``union(block_input) | alive(delta)`` (methods.md §4.4, B16). Empty: the trunk is fixed.
+            ``union(block_input) | alive(delta)`` (docs/decisions.md §4.4, B16). Empty: the trunk is fixed.
         trunk: id of the residual trunk this tensor is added into (``None``: not a contributor).
         area: H*W of the tensor at the reference input size (filled by tracing).
     """
@@ -90,6 +90,7 @@ class ModelSpec:
     input_size: tuple[int, int, int] = (3, 32, 32)
     family: str = ""
     extra_params: int = 0  # parameters outside conv/linear/BN (rare; kept so totals match)
+    slot_sets: dict = field(default_factory=dict)  # default gate placements, from the model registry
     _by_name: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -104,6 +105,15 @@ class ModelSpec:
             from ..errors import UnknownNameError
 
             raise UnknownNameError("gated tensor", name, self._by_name) from None
+
+    def default_slots(self, kind: str) -> tuple:
+        """The slots of placement ``kind`` (``"internal"`` or ``"outputs"``) the model declares."""
+        if kind not in self.slot_sets:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"model {self.model} declares no {kind!r} gate slots; set method.slots "
+                              f"(one of {self.slots()})")
+        return tuple(self.slot_sets[kind])
 
     def __contains__(self, name) -> bool:
         return name in self._by_name
@@ -177,7 +187,7 @@ def trace_shapes(model: nn.Module, spec: ModelSpec) -> ModelSpec:
     for t in spec.tensors:
         h, w = hw(shapes[t.module][1])
         tensors.append(replace(t, area=h * w))
-    return ModelSpec(spec.model, tensors, ops, spec.input_size, spec.family, spec.extra_params)
+    return ModelSpec(spec.model, tensors, ops, spec.input_size, spec.family, spec.extra_params, dict(spec.slot_sets))
 
 
 def conv_op(model: nn.Module, name: str, reads=(), writes=None, bn=None) -> Op:

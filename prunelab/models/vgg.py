@@ -59,7 +59,9 @@ def describe_vgg(model: CifarVGG) -> ModelSpec:
     return ModelSpec("", tensors, ops)
 
 
-@register_model(describe=describe_vgg, family="vgg")
+SLOT_SETS = {"internal": ("conv",), "outputs": ("conv",)}
+
+@register_model(describe=describe_vgg, family="vgg", slot_sets=SLOT_SETS, reference_kwargs={"width": 1.0})
 def vgg16(num_classes: int = 10, width: float = 1.0) -> CifarVGG:
     """VGG-16 (NS CIFAR variant). ``width`` multiplies every layer (PFS's expansion: 1.25 = e 80)."""
     return CifarVGG(CFG16, num_classes, width)

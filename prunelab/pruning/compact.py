@@ -1,16 +1,12 @@
 """Physical compaction: a plain, smaller ``nn.Module`` from a model and a structure.
 
 Conv, BatchNorm and Linear weights are sliced to the alive channels; deterministic gate values are
-folded into the BatchNorm (or conv) they follow. Residual trunks whose contributors have different
-alive sets use BAR's mixed-connectivity block (supplement Algorithm 1): the input's alive channels are
-gathered by index, the projection's and the delta's outputs are scattered into the trunk. The trunk
-of a stage is held at the width of the union of its contributors, not at the full width (same result,
-less memory than Algorithm 1's ``zeros(batch, N_res, h, w)``); line 3's ``x_out <- i_in`` is read as
-``x_out <- x_in`` (a typo, methods.md §4.4).
+folded into the BatchNorm (or conv) they follow. What a model family needs beyond slicing (residual
+blocks with different alive sets, empty branches) is a :class:`FamilyCompaction` registered per family:
+:mod:`.compact_resnet` for CIFAR ResNets and BAR's mixed-connectivity block.
 
 Compaction is an eval-mode transformation: the compact model's outputs equal the gated (masked) model's
-outputs in eval mode. A block whose ``mid`` set is empty adds BN's constant (gate x beta - gate x gamma x
-mu / sigma) instead of its convs; a block whose ``delta`` set is empty has no branch at all.
+outputs in eval mode.
 """
 
 from __future__ import annotations
@@ -21,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..errors import CheckpointError, PrunelabError
 from ..models.registry import create, describe, get_entry
@@ -111,72 +106,47 @@ def _fold_gate(module: nn.Module, v: torch.Tensor) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# the mixed-connectivity residual block
+# compaction
 
 
-def _scatter(x: torch.Tensor, pos: torch.Tensor, n: int) -> torch.Tensor:
-    """Place the channels of ``x`` at positions ``pos`` of a zero tensor with ``n`` channels."""
-    z = x.new_zeros((x.shape[0], n, *x.shape[2:]))
-    if x.is_contiguous(memory_format=torch.channels_last):
-        z = z.contiguous(memory_format=torch.channels_last)
-    return z.index_add(1, pos, x)
+class FamilyCompaction:
+    """The architecture-specific part of compaction for one model family (registered by name).
 
-
-class MixedBasicBlock(nn.Module):
-    """A compact basic block with index gather/scatter (BAR supplement, Algorithm 1).
-
-    Buffers ``in_pos`` (input channels conv1 and the projection read), ``res_pos`` (where the
-    shortcut's channels go in the output) and ``delta_pos`` (where the delta's channels go) are
-    positions in the compact tensors; an empty buffer means "all, in order" (no indexing).
-    ``branch`` is ``"conv"``, ``"const"`` (empty mid: BN's constant) or ``"none"`` (empty delta);
-    ``shortcut_kind`` is ``"proj"``, ``"identity"``, ``"A"`` or ``"zero"`` (every projection channel pruned).
+    The generic engine slices every op of the spec; a family whose blocks need more (CIFAR ResNets:
+    empty branches, option-A shortcuts, BAR's mixed-connectivity block) registers a subclass with
+    :func:`register_family`.
     """
 
-    def __init__(self, conv1, bn1, conv2, bn2, shortcut: nn.Module, shortcut_kind: str, out_channels: int,
-                 in_pos=None, res_pos=None, delta_pos=None, branch: str = "conv", delta_const=None, stride: int = 1):
-        super().__init__()
-        self.branch = branch
-        self.stride = stride
-        self.shortcut_kind = shortcut_kind  # "proj" | "identity" | "A"
-        self.out_channels = out_channels
-        if branch == "conv":
-            self.conv1, self.bn1, self.conv2, self.bn2 = conv1, bn1, conv2, bn2
-        self.shortcut = shortcut if shortcut_kind in ("proj", "A") else nn.Identity()
-        for name, v in (("in_pos", in_pos), ("res_pos", res_pos), ("delta_pos", delta_pos)):
-            self.register_buffer(name, torch.as_tensor(v if v is not None else [], dtype=torch.long))
-        if branch == "const":
-            self.register_buffer("delta_const", torch.as_tensor(delta_const, dtype=torch.float32))
+    def may_be_empty(self, op) -> bool:
+        """Whether ``op`` may lose every input or output channel (its block is rebuilt afterwards)."""
+        return False
 
-    def forward(self, x):
-        xa = x.index_select(1, self.in_pos) if self.in_pos.numel() else x
-        if self.shortcut_kind == "proj":
-            r = self.shortcut(xa)
-        elif self.shortcut_kind == "A":
-            r = self.shortcut(x)
-        elif self.shortcut_kind == "identity":
-            r = x
-        else:  # "zero": every projection channel was pruned
-            h, w = -(-x.shape[2] // self.stride), -(-x.shape[3] // self.stride)
-            r = x.new_zeros((x.shape[0], 0, h, w))
-        if r.shape[1] != self.out_channels:
-            r = _scatter(r, self.res_pos, self.out_channels)
-        if self.branch == "none":
-            return F.relu(r)
-        if self.branch == "conv":
-            d = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(xa)))))
-        else:
-            d = self.delta_const.to(r.dtype).view(1, -1, 1, 1).expand(r.shape[0], -1, *r.shape[2:])
-        out = r.index_add(1, self.delta_pos, d) if self.delta_pos.numel() else r + d
-        return F.relu(out)
+    def rebuild(self, new: nn.Module, spec: ModelSpec, alive: "_Alive") -> None:
+        """Rewrite blocks of the sliced copy ``new`` in place."""
 
-    def extra_repr(self):
-        return (f"branch={self.branch}, shortcut={self.shortcut_kind}, out_channels={self.out_channels}, "
-                f"gather={int(self.in_pos.numel())}, res_scatter={int(self.res_pos.numel())}, "
-                f"delta_scatter={int(self.delta_pos.numel())}")
+    def kept_conv_bn(self, new: nn.Module, pairs: list) -> list:
+        """The (conv, bn) pairs that still exist after :meth:`rebuild`."""
+        return pairs
+
+    def expand_extra(self, dense: nn.Module, compact_model: nn.Module, alive: "_Alive") -> None:
+        """Write what :meth:`rebuild` stored outside the sliced ops back into ``dense`` (see :func:`expand`)."""
 
 
-# --------------------------------------------------------------------------------------------------
-# compaction
+_FAMILIES: dict[str, FamilyCompaction] = {}
+
+
+def register_family(family: str):
+    """Class decorator registering a :class:`FamilyCompaction` for models of ``family``."""
+
+    def wrap(cls):
+        _FAMILIES[family] = cls()
+        return cls
+
+    return wrap
+
+
+def family_compaction(spec: ModelSpec) -> FamilyCompaction:
+    return _FAMILIES.get(get_entry(spec.model).family, FamilyCompaction())
 
 
 class _Alive:
@@ -246,7 +216,7 @@ def compact(model: nn.Module, structure: Structure | None = None) -> nn.Module:
         if not torch.all(v == 1):
             _fold_gate(new.get_submodule(t.module), v.to(device))
 
-    family = get_entry(spec.model).family
+    family = family_compaction(spec)
     conv_bn = []
     for op in spec.ops:
         if op.kind == "pool":
@@ -254,8 +224,8 @@ def compact(model: nn.Module, structure: Structure | None = None) -> nn.Module:
         in_arr = alive.union(op.reads)
         out_arr = alive.of(op.writes) if op.writes else None
         if (in_arr is not None and len(in_arr) == 0) or (out_arr is not None and len(out_arr) == 0):
-            if family == "resnet_cifar" and (op.name.endswith((".conv1", ".conv2")) or ".shortcut" in op.name):
-                continue  # an empty residual branch or projection: the block is rebuilt below
+            if family.may_be_empty(op):
+                continue  # e.g. an empty residual branch or projection: the family rebuilds its block
             which = op.writes if out_arr is not None and len(out_arr) == 0 else ", ".join(op.reads)
             raise PrunelabError(f"structure leaves no channel in {which}, which disconnects the network at "
                                 f"{op.name}; keep at least one channel there")
@@ -270,68 +240,13 @@ def compact(model: nn.Module, structure: Structure | None = None) -> nn.Module:
             if out_idx is not None:
                 _set_module(new, op.bn, slice_bn(new.get_submodule(op.bn), out_idx))
             conv_bn.append((op.name, op.bn))
-    if family == "resnet_cifar":
-        _compact_cifar_resnet(new, spec, alive)
-        conv_bn = [(c, b) for c, b in conv_bn if _exists(new, c) and _exists(new, b)]
+    family.rebuild(new, spec, alive)
+    conv_bn = family.kept_conv_bn(new, conv_bn)
     new.prunelab_name = spec.model
     new.prunelab_kwargs = dict(getattr(net, "prunelab_kwargs", {}))
     new.prunelab_compact = True
     new.prunelab_conv_bn = conv_bn
     return new
-
-
-def _exists(root, path) -> bool:
-    try:
-        root.get_submodule(path)
-        return True
-    except AttributeError:
-        return False
-
-
-def _compact_cifar_resnet(new, spec: ModelSpec, alive: _Alive) -> None:
-    from ..models.resnet_cifar import ShortcutA
-
-    prunable = new.shortcut_kind != "A"
-    trunks = spec.trunks()
-    rep = alive.of("stem") if prunable else None  # channels of the tensor flowing into the next block
-    for s, layer in enumerate(new.stages, start=1):
-        u = alive.union(trunks[f"stage{s}"]) if prunable else None
-        if prunable and len(u) == 0:
-            raise PrunelabError(f"structure leaves stage {s}'s residual trunk without channels; keep at least one")
-        for b in range(len(layer)):
-            p = f"layer{s}.{b}"
-            block = layer[b]
-            conv1_op = next(op for op in spec.ops if op.name == f"{p}.conv1")
-            full_out = spec.tensor(f"{p}.delta").channels
-            n_out = len(u) if prunable else full_out
-            in_pos = None
-            if prunable:
-                i_set = alive.union(conv1_op.reads)
-                in_pos = _positions(i_set, rep)
-            sc = block.shortcut
-            if isinstance(sc, (nn.Sequential, nn.Conv2d)):
-                kind = "proj" if not prunable or len(alive.of(f"{p}.proj")) else "zero"
-                res_pos = _positions(alive.of(f"{p}.proj"), u) if prunable else None
-            elif isinstance(sc, ShortcutA):
-                kind, res_pos = "A", None
-            else:
-                kind = "identity"
-                res_pos = _positions(rep, u) if prunable else None
-            mid, delta = alive.of(f"{p}.mid"), alive.of(f"{p}.delta")
-            delta_pos = _positions(delta, u) if prunable else (None if len(delta) == full_out else delta)
-            branch, const = "conv", None
-            if len(delta) == 0:
-                branch = "none"
-            elif len(mid) == 0:
-                branch = "const"
-                bn2 = block.bn2  # not sliced (its conv was skipped): take the delta channels
-                with torch.no_grad():
-                    c = bn2.bias - bn2.weight * bn2.running_mean / torch.sqrt(bn2.running_var + bn2.eps)
-                const = c[torch.as_tensor(delta, dtype=torch.long, device=c.device)].cpu()
-            layer[b] = MixedBasicBlock(block.conv1, block.bn1, block.conv2, block.bn2, sc, kind, n_out,
-                                       in_pos, res_pos, delta_pos, branch, const, block.conv1.stride[0])
-            if prunable:
-                rep = u
 
 
 # --------------------------------------------------------------------------------------------------
@@ -371,8 +286,9 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 
 def save_compact(model: nn.Module, structure: Structure, folder) -> Path:
     """Write ``plan.json`` (the structure) and ``weights.pt`` (state dict) of a compact model."""
-    from ..utils import atomic_write_bytes
     import io
+
+    from ..utils import atomic_write_bytes
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -386,7 +302,7 @@ def save_compact(model: nn.Module, structure: Structure, folder) -> Path:
 def load_compact(folder, map_location="cpu") -> nn.Module:
     """Rebuild a compact model from ``plan.json`` + ``weights.pt``: the registry builds the dense model,
     the plan compacts it, the weights fill it."""
-    from ..train.rundir import load_checkpoint
+    from ..runfiles import load_checkpoint
 
     folder = Path(folder)
     structure = Structure.load(folder / "plan.json")
@@ -445,10 +361,8 @@ def expand(compact_model: nn.Module, structure: Structure) -> nn.Module:
                 sb, db = src[op.bn], dense.get_submodule(op.bn)
                 db.weight[out_t], db.bias[out_t] = sb.weight.detach().cpu(), sb.bias.detach().cpu()
                 db.running_mean[out_t], db.running_var[out_t] = sb.running_mean.cpu(), sb.running_var.cpu()
-        if get_entry(spec.model).family == "resnet_cifar":  # constant branches -> BN bias
-            for s, layer in enumerate(compact_model.stages, start=1):
-                for b, block in enumerate(layer):
-                    if getattr(block, "branch", "conv") == "const":
-                        delta = torch.as_tensor(alive.of(f"layer{s}.{b}.delta"), dtype=torch.long)
-                        dense.get_submodule(f"layer{s}.{b}.bn2").bias[delta] = block.delta_const.cpu()
+        family_compaction(spec).expand_extra(dense, compact_model, alive)
     return dense
+
+
+from . import compact_resnet  # noqa: E402,F401  (registers the CIFAR ResNet family)

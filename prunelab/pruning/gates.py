@@ -6,14 +6,14 @@ A gate multiplies a conv output (after its BatchNorm) channel-wise. Every kind e
 * :meth:`Gate.alive`    which channels are alive,
 * :meth:`Gate.prob_nonzero` the probability of being non-zero, where defined (else ``None``).
 
-Kinds (methods.md §0.4): :class:`FixedGate` (0/1 or fixed values: random, WM, hard-pruned masks),
+Kinds (docs/decisions.md §0.4): :class:`FixedGate` (0/1 or fixed values: random, WM, hard-pruned masks),
 :class:`ScalarGate` (PFS, slimming), :class:`HardConcreteGate` (BAR, LZR), :class:`GaussianGate`
 (IB), :class:`GeneratedGate` (values written by a generator network each step: DDNP) and
 :class:`PerInstanceGate` (values predicted from the conv's input, one mask per sample: ManiDP).
 
 :class:`GatedModel` attaches gates with forward hooks at the modules the model's spec names, so the
 architectures themselves stay plain. For a gate g >= 0, g*ReLU(x) = ReLU(g*x): placing the gate
-after BN and before the ReLU is the same as after the ReLU (methods.md §0.3).
+after BN and before the ReLU is the same as after the ReLU (docs/decisions.md §0.3).
 """
 
 from __future__ import annotations
@@ -316,6 +316,20 @@ class PerInstanceGate(Gate):
         return (self.values().detach() != 0).float()
 
 
+class Controller(nn.Module):
+    """A method's learnable network that drives the gates (a generator, shared predictors).
+
+    It is a submodule of the :class:`GatedModel` (``gated.controller``), so the trainer moves it to
+    the device, wraps it for DDP together with the network, optimises it (in the parameter group
+    its method asks for, else with the weights) and checkpoints it with the model. ``forward(gated, x)``
+    runs at the start of every forward pass of the gated model, before the network, and sets the
+    gates' values (e.g. :meth:`GeneratedGate.set`).
+    """
+
+    def forward(self, gated: "GatedModel", x: torch.Tensor) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
 def gate_key(name: str) -> str:
     """ModuleDict key of a gated tensor name (dots are not allowed in keys)."""
     return name.replace(".", "__")
@@ -328,13 +342,15 @@ class GatedModel(nn.Module):
     :func:`attach_gates`. ``prunelab_name``/``prunelab_kwargs`` are forwarded from the network.
     """
 
-    def __init__(self, net: nn.Module, gates: dict, spec: ModelSpec | None = None, fuse_bn: bool = True):
+    def __init__(self, net: nn.Module, gates: dict, spec: ModelSpec | None = None, fuse_bn: bool = True,
+                 controller: Controller | None = None):
         super().__init__()
         self.fuse_bn = bool(fuse_bn)
         self.net = net
         self.spec = spec or describe(net)
         self.gate_names = list(gates)
         self.gates = nn.ModuleDict({gate_key(n): g for n, g in gates.items()})
+        self.controller = controller
         self._hook()
 
     @property
@@ -377,7 +393,14 @@ class GatedModel(nn.Module):
         """Remove the gate hooks and return the bare network (its weights are shared, not copied)."""
         return strip_gates(self.net, self.gates.values())
 
+    @property
+    def per_instance(self) -> bool:
+        """Whether any gate's values depend on the input (dynamic pruning)."""
+        return any(g.per_instance for _, g in self.items())
+
     def forward(self, x):
+        if self.controller is not None:
+            self.controller(self, x)
         return self.net(x)
 
 def strip_gates(net: nn.Module, gates=None) -> nn.Module:
@@ -398,9 +421,11 @@ def strip_gates(net: nn.Module, gates=None) -> nn.Module:
     return net
 
 
-def attach_gates(net: nn.Module, make_gate, slots=None, names=None, fuse_bn: bool = True) -> GatedModel:
+def attach_gates(net: nn.Module, make_gate, slots=None, names=None, fuse_bn: bool = True,
+                 controller: Controller | None = None) -> GatedModel:
     """Attach ``make_gate(tensor) -> Gate`` to the tensors of the chosen slots (or names).
-    ``fuse_bn``: fold channel-wise gates into the BatchNorm they follow (same values, faster)."""
+    ``fuse_bn``: fold channel-wise gates into the BatchNorm they follow (same values, faster);
+    ``controller``: the method's network that sets the gates before each forward pass."""
     spec = describe(net)
     tensors = [spec.tensor(n) for n in names] if names is not None else spec.select(slots)
-    return GatedModel(net, {t.name: make_gate(t) for t in tensors}, spec, fuse_bn=fuse_bn)
+    return GatedModel(net, {t.name: make_gate(t) for t in tensors}, spec, fuse_bn=fuse_bn, controller=controller)

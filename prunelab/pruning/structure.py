@@ -123,7 +123,7 @@ class Structure:
 
     # -- persistence -------------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return {"format": FORMAT, "model": self.model, "model_kwargs": self.model_kwargs,
+        return {"format": FORMAT, "kind": "static", "model": self.model, "model_kwargs": self.model_kwargs,
                 "channels": self.channels, "alive": {n: v.tolist() for n, v in self.alive.items()},
                 "counts": self.counts(), "meta": to_jsonable(self.meta)}
 
@@ -150,7 +150,7 @@ class Structure:
 
 
 def clean(structure: Structure, spec: ModelSpec) -> Structure:
-    """Remove dead residual branches (methods.md §4.9, B10).
+    """Remove dead residual branches (docs/decisions.md §4.9, B10).
 
     A block whose ``delta`` is empty needs no ``mid`` channels; a block whose ``mid`` is empty has a
     constant delta, which is dropped (set empty). Returns a new structure; ``meta["cleaned"]`` lists

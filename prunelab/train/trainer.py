@@ -14,86 +14,19 @@ ends with the same weights and metrics as an uninterrupted run (deterministic mo
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import random
 import signal
 import time
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import OptimConfig, ScheduleConfig, TrainConfig
 from ..errors import CheckpointError
+from ..hooks import Batch, Hook, ParamGroup  # noqa: F401  (re-exported: methods and tests import them here)
 from .rundir import RunDir
 from .schedules import lr_multiplier
-
-
-@dataclass
-class ParamGroup:
-    """Parameters a method optimises with their own optimiser (gates, generators, predictors).
-
-    ``schedule``: ``"constant"``, ``"cosine"`` (to 0 over the run) or ``"main"`` (the weights'
-    schedule). ``weight_decay`` defaults to 0: decaying gate parameters is rarely intended.
-    """
-
-    name: str
-    params: list
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    nesterov: bool = False
-    betas: tuple = (0.9, 0.999)
-    schedule: str = "constant"
-
-
-class Hook:
-    """Base class of training hooks; every method is a no-op by default."""
-
-    def setup(self, trainer: "Trainer") -> None:
-        """Called once before optimisers are built (freeze parameters here)."""
-
-    def param_groups(self, trainer: "Trainer") -> list[ParamGroup]:
-        return []
-
-    def set_mode(self, trainer: "Trainer", training: bool) -> None:
-        """Put modules in train/eval mode. Default: the whole model follows ``training``."""
-        trainer.model.train(training)
-
-    def before_forward(self, trainer: "Trainer", batch: "Batch") -> None:
-        """Called before each training forward pass (e.g. a generator sets gate values)."""
-
-    def loss_terms(self, trainer: "Trainer", batch: "Batch") -> dict:
-        """Extra loss terms (summed into the loss). Returning ``"ce"`` replaces the task loss."""
-        return {}
-
-    def after_step(self, trainer: "Trainer", batch: "Batch") -> None:
-        """Called after each optimiser step (e.g. clamp gates, update a budget)."""
-
-    def end_epoch(self, trainer: "Trainer", epoch: int) -> dict:
-        """Called after each epoch's evaluation; returned scalars are logged."""
-        return {}
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
-
-@dataclass
-class Batch:
-    """One training batch and what the forward pass produced."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-    idx: torch.Tensor
-    logits: torch.Tensor | None = None
-    ce_per_sample: torch.Tensor | None = None
-    extras: dict = field(default_factory=dict)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -126,10 +59,9 @@ def split_decay(params_named, decay_norm_and_bias: bool):
 
 def make_optimizer(name: str, groups: list[dict], *, lr: float, momentum=0.9, nesterov=False,
                    betas=(0.9, 0.999), weight_decay=0.0) -> torch.optim.Optimizer:
-    fused = {}
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0,
-                               weight_decay=weight_decay, **fused)
+                               weight_decay=weight_decay)
     if name == "adam":
         return torch.optim.Adam(groups, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
     if name == "adamw":
@@ -537,11 +469,3 @@ def load_weights(model: nn.Module, path, strict: bool = True) -> dict:
     except RuntimeError as e:
         raise CheckpointError(f"{path} does not fit model {name!r} ({str(e).splitlines()[0][:160]})") from None
     return payload if isinstance(payload, dict) else {}
-
-
-def param_count(params) -> int:
-    return sum(p.numel() for p in params)
-
-
-def _finite(x: float) -> bool:
-    return math.isfinite(x)

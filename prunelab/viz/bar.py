@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..analysis import hard_concrete as hc
-from ..analysis.bar import transition
+from ..methods.bar import transition
 from .style import title_with_scale
 
 __all__ = ["plot_concrete_pdf", "plot_concrete_icdf", "plot_transition", "plot_active_neurons",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import matplotlib.pyplot as plt
-from matplotlib import colors as mcolors
+import seaborn as sns
 
 from ..analysis.structures import (RANDOM_EPOCH, correlation_matrix, selected_keys, structure_label,
                                    structure_matrix)
@@ -62,7 +62,7 @@ def _set_title(ax, title: str, scale: str | None):
 def plot_correlation_matrix(matrix, labels, ax=None, title: str = "Structure correlation",
                             scale: str | None = None, vmin: float | None = None, vmax: float = 1.0,
                             annotate: bool | None = None, colorbar_label: str = "Pearson r (unitless)"):
-    """Heatmap of a correlation matrix with a colour bar; NaN cells grey and marked "n/a".
+    """Heatmap (``seaborn.heatmap``) of a correlation matrix with a colour bar; NaN cells grey, marked "n/a".
 
     Args:
         matrix: square array, e.g. from :func:`prunelab.analysis.structures.correlation_matrix`.
@@ -85,31 +85,30 @@ def plot_correlation_matrix(matrix, labels, ax=None, title: str = "Structure cor
     n = M.shape[0]
     if M.shape != (n, n) or len(labels) != n:
         raise ValueError(f"matrix must be square with one label per row; got {M.shape}, {len(labels)} labels")
+    labels = [str(label) for label in labels]
     finite = M[np.isfinite(M)]
     if vmin is None:
         vmin = float(finite.min()) if finite.size else -1.0
     if vmin >= vmax:  # a block that is all 1 (or a single cell) still needs a non-empty range
         vmin = vmax - 1e-3
+    if annotate is None:
+        annotate = n <= ANNOTATE_MAX_CELLS
+    missing = ~np.isfinite(M)
+    # NaN cells are masked (never coloured as a value) and drawn in the colormap's "bad" grey;
+    # seaborn picks dark or light annotation text from each cell's luminance
     cmap = plt.get_cmap("viridis").with_extremes(bad=NAN_COLOUR)
-    norm = mcolors.Normalize(vmin=vmin, vmax=vmax)
-    image = ax.imshow(np.ma.masked_invalid(M), cmap=cmap, norm=norm, interpolation="nearest")
-    ax.figure.colorbar(image, ax=ax, label=colorbar_label, fraction=0.046, pad=0.04)
-    ax.set_xticks(range(n), labels, rotation=90)
-    ax.set_yticks(range(n), labels)
+    sns.heatmap(M, mask=missing, cmap=cmap, vmin=vmin, vmax=vmax, square=True, ax=ax,
+                annot=bool(annotate), fmt=".2f", annot_kws={"fontsize": 7},
+                xticklabels=labels, yticklabels=labels,  # every label: seaborn's "auto" would thin them
+                cbar_kws={"label": colorbar_label, "fraction": 0.046, "pad": 0.04})
+    # seaborn's heatmap has cell centres at (j + 0.5, i + 0.5), row 0 at the top (as imshow)
+    for i, j in zip(*np.nonzero(missing)):
+        ax.text(j + 0.5, i + 0.5, "n/a", ha="center", va="center", fontsize=7, color="0.25")
+    ax.set_xticks(np.arange(n) + 0.5, labels, rotation=90)
+    ax.set_yticks(np.arange(n) + 0.5, labels, rotation=0)
     ax.set_xlabel("pruned structure (seed / weights source)")
     ax.set_ylabel("pruned structure (seed / weights source)")
     ax.grid(False)  # the package style draws a grid; it would cut through the cells
-    if annotate is None:
-        annotate = n <= ANNOTATE_MAX_CELLS
-    for i in range(n):
-        for j in range(n):
-            value = M[i, j]
-            if not np.isfinite(value):
-                ax.text(j, i, "n/a", ha="center", va="center", fontsize=7, color="0.25")
-            elif annotate:
-                # dark text on the bright (yellow) end of viridis, white elsewhere
-                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                        color="black" if norm(value) > 0.6 else "white")
     return _set_title(ax, title, scale)
 
 
@@ -211,7 +210,7 @@ def plot_all_structures(study: dict, ax=None, kind: str = "counts"):
     """Supplement Fig. S1/S2 panel (c): correlation over all structures of all seeds.
 
     Rows and columns are labelled ``"s<seed>/random"`` or ``"s<seed>/e<epoch>"``, seed-major; white
-    lines separate the seeds.
+    lines separate the seeds (on the cell borders: the heatmap's cell i spans [i, i + 1]).
 
     Args:
         study: the study dict.
@@ -230,8 +229,8 @@ def plot_all_structures(study: dict, ax=None, kind: str = "counts"):
     seeds = [label.split("/")[0] for label in labels]
     for i in range(1, n):
         if seeds[i] != seeds[i - 1]:
-            ax.axhline(i - 0.5, color="white", lw=1.5)
-            ax.axvline(i - 0.5, color="white", lw=1.5)
+            ax.axhline(i, color="white", lw=1.5)
+            ax.axvline(i, color="white", lw=1.5)
     return ax
 
 

@@ -130,7 +130,7 @@ class TransitionExplorer(_FigureWidget):
         self.update()
 
     def draw(self, ax):
-        from ..analysis.bar import transition
+        from ..methods.bar import transition
         from .bar import plot_transition
 
         plot_transition(ds=(0.01, 10.0, self.d.value), ax=ax)

@@ -1,4 +1,4 @@
-"""Reading run directories: summaries for ``prunelab info`` and re-evaluation for ``prunelab eval``."""
+"""Commands on finished run directories: ``prunelab info``, ``prunelab eval``, ``prunelab compact``."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ from pathlib import Path
 
 import yaml
 
-from ..errors import RunDirError
-from ..train.rundir import read_metrics, summed_epoch_time
+from ..errors import ConfigError, RunDirError
+from ..runfiles import read_metrics, summed_epoch_time
 from ..utils import read_json
+
+FINAL_DIRS = ("compact", "final")  # a static result's folder, a dynamic or generated result's folder
 
 
 def _check(path) -> Path:
@@ -16,6 +18,14 @@ def _check(path) -> Path:
     if not p.is_dir() or not (p / "config.yaml").exists():
         raise RunDirError(f"{p} is not a prunelab run directory (no config.yaml); pass the folder given to --out")
     return p
+
+
+def final_result_dir(run_dir) -> Path | None:
+    """The folder of a pruning run's final (fine-tuned) result, or None."""
+    for name in FINAL_DIRS:
+        if (Path(run_dir) / name / "plan.json").exists():
+            return Path(run_dir) / name
+    return None
 
 
 def run_info(path) -> str:
@@ -39,7 +49,7 @@ def run_info(path) -> str:
     if (p / "result.json").exists():
         r = read_json(p / "result.json")
         if "summary" in r:
-            lines.append(f"  result: {r['summary']}")
+            lines.append(f"  result ({r.get('result_kind', 'static')}): {r['summary']}")
         elif "final" in r:
             # older result files lack train_time_s; the metrics log has every epoch's time
             train_s = r.get("train_time_s", summed_epoch_time(metrics))
@@ -53,33 +63,58 @@ def run_info(path) -> str:
 
 
 def evaluate_run(path) -> dict:
-    """Test accuracy of a run's final model (dense ``model.pt`` or a pruning run's ``compact/``)."""
+    """Test accuracy and cost of a run's final model: dense ``model.pt``, or a pruning run's final
+    result of any kind (a dynamic result's cost is its mean over the test images)."""
     import torch
 
+    from .. import methods  # noqa: F401  (registers the builder of dynamic and generated results)
     from .. import models
     from ..config import build
     from ..counting import count
-    from ..pruning.compact import load_compact
-    from ..pruning.structure import Structure
+    from ..pruning.result import load_result
     from ..train.run import build_loaders
     from ..train.trainer import evaluate, load_weights, resolve_device
 
     p = _check(path)
     cfg = build(yaml.safe_load((p / "config.yaml").read_text()))
     device = resolve_device("auto")
-    if (p / "compact" / "plan.json").exists():
-        model = load_compact(p / "compact", map_location=device)
-        structure = Structure.load(p / "compact" / "plan.json")
-        spec = models.describe(models.create(structure.model, **structure.model_kwargs))
-        macs = count(spec, structure).macs
+    _, ev = build_loaders(cfg.data, device, seed=cfg.train.seed, channels_last=cfg.train.channels_last)
+    final = final_result_dir(p)
+    kind = "dense"
+    if final is not None:
+        result = load_result(final, map_location=device)
+        model, kind = result.module, result.kind
+        macs = result.cost(ev["test"]).macs
     elif (p / "model.pt").exists():
         model = models.create(cfg.model.name, **cfg.model.kwargs)
         load_weights(model, p / "model.pt")
         macs = count(model).macs
     else:
-        raise RunDirError(f"{p} has no final model yet (model.pt or compact/); finish it with --resume")
+        raise RunDirError(f"{p} has no final model yet (model.pt, compact/ or final/); finish it with --resume")
     mf = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=mf)
-    _, ev = build_loaders(cfg.data, device, seed=cfg.train.seed, channels_last=cfg.train.channels_last)
     r = evaluate(model, ev["test"])
-    return {**r, "macs": macs}
+    return {**r, "macs": macs, "kind": kind}
+
+
+def compact_run(run_dir, out=None) -> Path:
+    """Write the compact model of a finished pruning run (``prunelab compact RUN``)."""
+    from .. import methods  # noqa: F401
+    from ..pruning.result import GeneratedResult, StaticResult, load_result
+
+    run_dir = Path(run_dir)
+    final = final_result_dir(run_dir)
+    if final is None:
+        if not (run_dir / "pipeline.json").exists():
+            raise ConfigError(f"{run_dir} is not a pruning run (no pipeline.json); run `prunelab prune` first")
+        raise ConfigError(f"{run_dir} has no final result yet; finish it with prunelab prune --resume")
+    result = load_result(final)
+    if isinstance(result, GeneratedResult):
+        result = result.to_static()
+    if not isinstance(result, StaticResult):
+        raise ConfigError(f"{run_dir} holds a {result.kind} result (per-instance masks): it has no single compact "
+                          f"network; evaluate it with prunelab eval")
+    out = Path(out) if out else run_dir / "compact"
+    if out != final:
+        result.save(out)
+    return out

@@ -1,0 +1,77 @@
+"""The interface between the trainer and what plugs into it: hooks and their parameter groups.
+
+A low layer: methods implement :class:`Hook`, the trainer (:mod:`prunelab.train.trainer`) calls it.
+Neither side imports the other's internals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+# "Trainer" in the annotations below is prunelab.train.trainer.Trainer (not imported: a lower layer)
+
+
+@dataclass
+class ParamGroup:
+    """Parameters a method optimises with their own optimiser (gates, generators, predictors).
+
+    ``schedule``: ``"constant"``, ``"cosine"`` (to 0 over the run) or ``"main"`` (the weights'
+    schedule). ``weight_decay`` defaults to 0: decaying gate parameters is rarely intended.
+    """
+
+    name: str
+    params: list
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    nesterov: bool = False
+    betas: tuple = (0.9, 0.999)
+    schedule: str = "constant"
+
+
+class Hook:
+    """Base class of training hooks; every method is a no-op by default."""
+
+    def setup(self, trainer: "Trainer") -> None:
+        """Called once before optimisers are built (freeze parameters here)."""
+
+    def param_groups(self, trainer: "Trainer") -> list[ParamGroup]:
+        return []
+
+    def set_mode(self, trainer: "Trainer", training: bool) -> None:
+        """Put modules in train/eval mode. Default: the whole model follows ``training``."""
+        trainer.model.train(training)
+
+    def before_forward(self, trainer: "Trainer", batch: "Batch") -> None:
+        """Called before each training forward pass (e.g. a generator sets gate values)."""
+
+    def loss_terms(self, trainer: "Trainer", batch: "Batch") -> dict:
+        """Extra loss terms (summed into the loss). Returning ``"ce"`` replaces the task loss."""
+        return {}
+
+    def after_step(self, trainer: "Trainer", batch: "Batch") -> None:
+        """Called after each optimiser step (e.g. clamp gates, update a budget)."""
+
+    def end_epoch(self, trainer: "Trainer", epoch: int) -> dict:
+        """Called after each epoch's evaluation; returned scalars are logged."""
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+@dataclass
+class Batch:
+    """One training batch and what the forward pass produced."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    idx: torch.Tensor
+    logits: torch.Tensor | None = None
+    ce_per_sample: torch.Tensor | None = None

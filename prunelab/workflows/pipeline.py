@@ -1,0 +1,84 @@
+"""The pruning pipeline: pretrain -> learn structure -> prune to the budget -> fine-tune.
+
+Each stage is optional and configured under ``stages:`` (see :func:`.stages.stage_config`)::
+
+    method: {name: l1}
+    budget: {metric: macs, keep: 0.5}
+    stages:
+      pretrain: {init_from: runs/resnet20-30ep/model.pt}     # or {train: {epochs: 30}} to train here
+      learn:    {train: {epochs: 10}}                          # methods that learn (slimming, lzr, bar, pfs)
+      finetune: {train: {epochs: 5}, optim: {lr: 0.02}}        # {enabled: false} to skip
+                                                               # {reinit: true}: train from scratch (PFS)
+
+The run directory holds ``pipeline.json`` (finished stages), ``checkpoint-<stage>.pt`` (resumable),
+``learn.pt`` (the learned gates and the method's state), ``pruned/`` (the method's result before
+fine-tuning), ``structure.json`` (the plan, static results), ``compact/`` (static) or ``final/``
+(dynamic, generated: the fine-tuned result) and ``result.json``. A killed pipeline continues with
+``--resume`` from the stage (and step) where it stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from .. import methods
+from ..config import Config, dump_yaml
+from ..counting import count
+from ..errors import ConfigError
+from ..pruning.budget import Budget
+from ..train.distributed import init_from_env
+from ..train.rundir import RunDir
+from ..train.run import check_resume_config, default_out, environment, setup_runtime
+from ..utils import write_json
+from . import stages as st
+
+
+def _dense_cost(spec) -> dict:
+    out = {}
+    for residual in ("mixed", "regular"):
+        c = count(spec, residual=residual)
+        out[residual] = {"macs": c.macs, "flops": c.flops, "params": c.params, "volume": c.volume}
+    out["convention"] = count(spec).convention
+    return out
+
+
+def run_pipeline(cfg: Config, out=None, *, resume: bool = False, force: bool = False, quiet: bool = False) -> dict:
+    """Run (or continue) a pruning pipeline; returns the result record also written to ``result.json``.
+
+    The method is made (and its options checked) before anything is trained or written.
+    """
+    method = methods.from_config(cfg.method)
+    budget = Budget.parse(cfg.budget) if cfg.budget else None
+    for name in cfg.stages or {}:
+        if name not in st.STAGES:
+            raise ConfigError(f"unknown stage {name!r}; stages are {', '.join(st.STAGES)}")
+    dist_info = init_from_env()
+    out = Path(out) if out else default_out(cfg)
+    run = RunDir(out, resume=resume, force=force, rank=dist_info.rank, quiet=quiet)
+    t_start = time.time()
+    try:
+        check_resume_config(run, cfg)
+        run.write_text("config.yaml", dump_yaml(cfg))
+        ctx = st.StageContext(cfg, run, setup_runtime(cfg, dist_info), dist_info, method, budget, st.StageLog(run),
+                              say=(lambda *a: None) if quiet else print)
+        ctx.record.update({"name": cfg.name, "scale": cfg.scale, "method": cfg.method, "model": cfg.model.name,
+                           "model_kwargs": cfg.model.kwargs, "budget": budget.__dict__ if budget else None})
+        st.pretrain(ctx)
+        ctx.record["dense_cost"] = _dense_cost(ctx.spec)
+        st.learn(ctx)
+        result = st.prune(ctx)
+        st.finetune(ctx, result)
+        r = ctx.record
+        r["wall_time_s"] = time.time() - t_start
+        r["environment"] = environment()
+        dense, pr = r["dense_cost"]["mixed"]["macs"], r["final_cost"]["mixed"]["macs"]
+        mean = " (mean over test images)" if result.kind == "dynamic" else ""
+        r["summary"] = (f"{cfg.name} ({cfg.scale}, {method.name}): {pr / 1e6:.2f}/{dense / 1e6:.2f} M MACs{mean} "
+                        f"({100 * pr / dense:.1f}%), test accuracy dense {100 * r['dense_test_acc']:.2f}% -> pruned "
+                        f"{100 * r['pruned_test_acc_before_finetune']:.2f}% -> fine-tuned {100 * r['final_test_acc']:.2f}%")
+        if dist_info.is_main:
+            write_json(run.file("result.json"), r)
+        return r
+    finally:
+        run.close()

@@ -1,0 +1,291 @@
+"""The four stages of a pruning run, one function each: pretrain, learn, prune, fine-tune.
+
+Each stage reads and writes one :class:`StageContext` (the run directory, the device, the loaders'
+factory, the network, the method) and records itself in ``pipeline.json`` when it finishes, so a
+killed run continues with ``--resume`` from the stage (and, inside a training stage, the step) where
+it stopped. :func:`prunelab.workflows.pipeline.run_pipeline` calls them in order; studies and
+notebooks may call them on their own.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .. import models
+from ..config import Config, build, deep_merge
+from ..errors import ConfigError
+from ..methods import Method
+from ..pruning.budget import Budget
+from ..pruning.gates import GatedModel, strip_gates
+from ..pruning.result import PrunedResult, SelectReport, StaticResult, load_result
+from ..pruning.structure import Structure
+from ..train.distributed import DistInfo
+from ..train.rundir import RunDir
+from ..train.run import build_loaders
+from ..train.trainer import Trainer, evaluate, load_weights, weights_payload
+from ..utils import read_json, write_json
+
+STAGES = ("pretrain", "learn", "prune", "finetune")
+STAGE_KEYS = {"train", "optim", "schedule", "data", "enabled", "init_from", "reinit", "kd"}
+
+
+def stage_config(cfg: Config, stage: str) -> Config | None:
+    """The config a stage trains with (None when the stage is disabled or has nothing to train).
+
+    A stage's ``train``/``optim``/``schedule``/``data`` entries override the top-level sections for
+    that stage only.
+    """
+    st = (cfg.stages or {}).get(stage)
+    if st is None:
+        return None
+    if not isinstance(st, dict):
+        raise ConfigError(f"stages.{stage} must be a mapping")
+    bad = set(st) - STAGE_KEYS
+    if bad:
+        raise ConfigError(f"unknown key(s) {sorted(bad)} in stages.{stage}; valid: {', '.join(sorted(STAGE_KEYS))}")
+    if st.get("enabled") is False:
+        return None
+    base = cfg.to_dict()
+    merged = deep_merge(base, {k: st[k] for k in ("train", "optim", "schedule", "data") if k in st})
+    merged["stages"] = {}
+    return build(merged)
+
+
+class StageLog:
+    """``pipeline.json``: the finished stages and what each recorded."""
+
+    def __init__(self, run: RunDir):
+        self.run = run
+        p = run.file("pipeline.json")
+        self.data = read_json(p) if run.resumed and p.exists() else {"done": []}
+
+    def done(self, stage) -> bool:
+        return stage in self.data["done"]
+
+    def info(self, stage) -> dict:
+        return self.data.get(stage, {})
+
+    def mark(self, stage, **info):
+        self.data["done"].append(stage)
+        self.data[stage] = info
+        write_json(self.run.file("pipeline.json"), self.data)
+        if os.environ.get("PRUNELAB_TEST_SIGKILL_AFTER_STAGE") == stage:  # test hook: die like `kill -9`
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass
+class StageContext:
+    """What the stages share. ``net`` is the dense network; ``model`` the method's gated network."""
+
+    cfg: Config
+    run: RunDir
+    device: torch.device
+    dist: DistInfo
+    method: Method
+    budget: Budget | None
+    log: StageLog
+    say: object = print
+    net: nn.Module | None = None
+    model: nn.Module | None = None
+    spec: object = None
+    test_loader: object = None
+    record: dict = field(default_factory=dict)
+
+    def loaders(self, c: Config):
+        return build_loaders(c.data, self.device, seed=c.train.seed, channels_last=c.train.channels_last,
+                             dist_info=self.dist)
+
+    @property
+    def memory_format(self):
+        return torch.channels_last if self.cfg.train.channels_last else torch.contiguous_format
+
+    def trainer(self, model, c: Config, stage: str, hooks=()) -> Trainer:
+        tl, ev = self.loaders(c)
+        return Trainer(model, tl, ev, train_cfg=c.train, optim_cfg=c.optim, schedule_cfg=c.schedule, run=self.run,
+                       hooks=list(hooks), device=self.device, stage=stage, rank=self.dist.rank,
+                       world_size=self.dist.world_size)
+
+    def test_acc(self, module: nn.Module) -> float:
+        return evaluate(module.to(self.device, memory_format=self.memory_format), self.test_loader)["acc"]
+
+
+# -- 1. pretrain ----------------------------------------------------------------------------------
+
+
+def pretrain(ctx: StageContext) -> nn.Module:
+    """Build the dense network and give it its starting weights: a checkpoint (``init_from``), a
+    training stage here, or the random initialisation (kept in ``pretrain.pt`` so that a resumed run
+    does not depend on drawing it again). Logs the dense test accuracy."""
+    cfg, run, log = ctx.cfg, ctx.run, ctx.log
+    net = models.create(cfg.model.name, **cfg.model.kwargs)
+    pre = (cfg.stages or {}).get("pretrain") or {}
+    init = pre.get("init_from") or cfg.train.init_from
+    if log.done("pretrain"):
+        # a pretrain stage trained here saved pretrain.pt; one initialised from a checkpoint recorded it
+        recorded = log.info("pretrain").get("init_from")
+        if run.file("pretrain.pt").exists() or not recorded:
+            load_weights(net, run.file("pretrain.pt"))
+        else:
+            if not Path(recorded).exists():
+                raise ConfigError(f"cannot resume {run.path}: its pretrain stage started from {recorded}, which no "
+                                  f"longer exists; restore that checkpoint or start again with --force")
+            load_weights(net, recorded)
+    elif init:
+        load_weights(net, init)
+        log.mark("pretrain", init_from=str(init))
+    elif stage_config(cfg, "pretrain") is not None:
+        c = stage_config(cfg, "pretrain")
+        ctx.trainer(net, c, "pretrain").fit(resume=run.resumed)
+        run.save("pretrain.pt", weights_payload(net))
+        log.mark("pretrain", epochs=c.train.epochs)
+    else:
+        run.save("pretrain.pt", weights_payload(net))
+        log.mark("pretrain", random_init=True)
+    ctx.net, ctx.spec = net, models.describe(net)
+    _, ev = ctx.loaders(cfg)
+    ctx.test_loader = ev["test"]
+    ctx.record["dense_test_acc"] = ctx.test_acc(net)
+    ctx.say(f"dense {cfg.model.name}: test accuracy {100 * ctx.record['dense_test_acc']:.2f}%")
+    return net
+
+
+# -- 2. learn -------------------------------------------------------------------------------------
+
+
+def learn(ctx: StageContext) -> nn.Module:
+    """Attach the method's gates and controller and, for a method that learns, train them (the method
+    is a hook of the shared trainer). ``learn.pt`` holds the gated network and the method's state."""
+    method, run, log = ctx.method, ctx.run, ctx.log
+    model = method.attach(ctx.net)
+    method.prepare(ctx.spec, ctx.budget)
+    learn_cfg = stage_config(ctx.cfg, "learn")
+    if method.learns and learn_cfg is not None:
+        if log.done("learn"):
+            payload = run.load("learn.pt")
+            model.load_state_dict(payload["state_dict"])
+            # what select needs (best gates, counters) was saved with the learned weights
+            method.load_state_dict(payload.get("method_state", {}))
+        else:
+            ctx.trainer(model, learn_cfg, "learn", hooks=[method]).fit(resume=run.resumed)
+            run.save("learn.pt", {**weights_payload(model), "method_state": method.state_dict()})
+            log.mark("learn", epochs=learn_cfg.train.epochs)
+    elif method.learns:
+        ctx.say(f"note: method {method.name} learns its structure, but stages.learn is not set; "
+                f"selecting from the initial gates")
+    ctx.model = model
+    return model
+
+
+# -- 3. prune -------------------------------------------------------------------------------------
+
+
+def _cost_record(result: PrunedResult, loader) -> dict:
+    out = {}
+    for residual in ("mixed", "regular"):
+        c = result.cost(loader, residual=residual)
+        out[residual] = {"macs": c.macs, "flops": c.flops, "params": c.params, "volume": c.volume}
+        if c.per_instance is not None:
+            out[residual]["distribution"] = {k: v for k, v in c.as_dict().items()
+                                             if k in ("macs_std", "macs_quantiles", "instances")}
+        out["convention"] = c.convention if residual == "mixed" else out["convention"]
+    return out
+
+
+def prune(ctx: StageContext) -> PrunedResult:
+    """The method's pruned result (its ``finalize``), saved to ``pruned/`` (the plan and the weights
+    before fine-tuning; a static result also writes ``structure.json``). Logs the accuracy after hard
+    pruning."""
+    method, run, log = ctx.method, ctx.run, ctx.log
+    if log.done("prune") and run.file("pruned").joinpath("plan.json").exists():
+        result = load_result(run.file("pruned"), map_location=ctx.device)
+    elif log.done("prune"):  # a run directory written before pruned/ existed: the structure is the record
+        structure = Structure.load(run.file("structure.json"))
+        report = SelectReport.from_dict(log.info("prune").get("report", {}))
+        result = StaticResult(method.hard_prune(ctx.model, structure), structure, report)
+    else:
+        result = method.finalize(ctx.model, ctx.spec, ctx.budget)
+        if isinstance(result, StaticResult):
+            result.structure.save(run.file("structure.json"))
+        if ctx.dist.is_main:
+            result.save(run.file("pruned"))
+        log.mark("prune", report=result.report.to_dict(), kind=result.kind)
+    result.module = result.module.to(ctx.device, memory_format=ctx.memory_format)
+    ctx.record["result_kind"] = result.kind
+    ctx.record["pruned_cost"] = _cost_record(result, ctx.test_loader)
+    ctx.record["budget_report"] = result.report.to_dict()
+    ctx.record["pruned_test_acc_before_finetune"] = ctx.test_acc(result.module)
+    dense = ctx.record["dense_cost"]["mixed"]["macs"]
+    pr = ctx.record["pruned_cost"]["mixed"]["macs"]
+    ctx.say(f"pruned by {method.name} ({result.kind}): {pr / 1e6:.2f} M MACs ({100 * pr / dense:.1f}% of dense), "
+            f"test accuracy before fine-tuning {100 * ctx.record['pruned_test_acc_before_finetune']:.2f}%")
+    return result
+
+
+# -- 4. fine-tune ---------------------------------------------------------------------------------
+
+
+def reinit(model: nn.Module, seed: int) -> None:
+    """Fresh weights for a pruned network trained from scratch (PFS's Scratch-B)."""
+    torch.manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+            m.reset_running_stats()
+        elif isinstance(m, nn.Linear):
+            m.reset_parameters()
+
+
+def _distillation(ctx: StageContext, kd):
+    from ..train.distill import Distillation
+
+    kd = dict(kd) if isinstance(kd, dict) else {}
+    # the dense network before pruning, without the gates the learn stage attached to it
+    net = ctx.net.net if isinstance(ctx.net, GatedModel) else ctx.net
+    teacher = strip_gates(copy.deepcopy(net))
+    if kd.get("teacher"):
+        teacher = models.create(ctx.cfg.model.name, **ctx.cfg.model.kwargs)
+        load_weights(teacher, kd["teacher"])
+    return Distillation(teacher, kd.get("temperature", 4.0), kd.get("alpha", 0.9))
+
+
+def finetune(ctx: StageContext, result: PrunedResult) -> PrunedResult:
+    """Fine-tune (or, with ``reinit``, train from scratch) the pruned module; save the final result to
+    ``compact/`` (static) or ``final/`` (dynamic, generated). Logs the final test accuracy."""
+    cfg, run, log = ctx.cfg, ctx.run, ctx.log
+    ft = (cfg.stages or {}).get("finetune") or {}
+    ft_cfg = stage_config(cfg, "finetune")
+    final = run.file(result.final_dir)
+    if ft_cfg is not None:
+        if log.done("finetune"):
+            result = load_result(final, map_location=ctx.device)
+        else:
+            if ft.get("reinit"):
+                reinit(result.module, ft_cfg.train.seed)
+            hooks = list(ctx.method.finetune_hooks())
+            if ft.get("kd"):
+                hooks.append(_distillation(ctx, ft["kd"]))
+            ctx.trainer(result.module, ft_cfg, "finetune", hooks).fit(resume=run.resumed)
+            if ctx.dist.is_main:
+                result.save(final)
+            log.mark("finetune", epochs=ft_cfg.train.epochs)
+    elif ctx.dist.is_main and not log.done("finetune"):
+        result.save(final)
+    result.module = result.module.to(ctx.device, memory_format=ctx.memory_format)
+    # fine-tuning changes a dynamic result's per-input masks (its predictors train too): count again
+    ctx.record["final_cost"] = (ctx.record["pruned_cost"] if isinstance(result, StaticResult)
+                                else _cost_record(result, ctx.test_loader))
+    ctx.record["final_test_acc"] = ctx.test_acc(result.module)
+    ctx.say(f"final test accuracy {100 * ctx.record['final_test_acc']:.2f}%")
+    return result

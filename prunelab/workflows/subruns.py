@@ -1,0 +1,52 @@
+"""Sub-runs of a study: run one or reuse it when finished, or (``collect``) only list what is missing.
+
+>>> runs = SubRuns(Path("runs/bar-cpu"), collect=False, quiet=True)
+>>> d = runs.get("teacher", lambda d: train(cfg, d, resume=True), label="teacher")
+>>> if d is not None: ...                 # finished (just now, or before)
+>>> runs.missing                          # labels of the sub-runs a --collect found unfinished
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+
+def is_done(path: Path) -> bool:
+    """A sub-run is finished when it wrote ``result.json``."""
+    return (Path(path) / "result.json").exists()
+
+
+class SubRuns:
+    """The sub-run folders of one study under ``root``."""
+
+    def __init__(self, root, *, collect: bool = False, quiet: bool = False):
+        self.root, self.collect, self.quiet = Path(root), collect, quiet
+        self.missing: list[str] = []
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    def done(self, name: str) -> bool:
+        return is_done(self.path(name))
+
+    def get(self, name: str, make: Callable[[Path], object], label: str | None = None) -> Path | None:
+        """The finished sub-run ``name``: reused if done; else made with ``make(path)`` (which must
+        resume an interrupted run), or, when collecting, recorded as missing (returns None)."""
+        d = self.path(name)
+        if is_done(d):
+            return d
+        if self.collect:
+            self.missing.append(label or name)
+            return None
+        make(d)
+        return d
+
+    def say(self, *a) -> None:
+        if not self.quiet:
+            print(*a, flush=True)
+
+    @property
+    def progress_override(self) -> dict:
+        """Config overrides that show (or hide) the trainer's progress bars."""
+        return {"train": {"progress": not self.quiet}}
