@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compact", help="write the physically pruned model of a pruning run")
     p.add_argument("run")
     p.add_argument("--out", help="folder for plan.json and weights (default RUN/compact)")
+    p.add_argument("--force", action="store_true", help="move a compact model already in --out aside first")
     p = sub.add_parser("experiment", help="run a supplement study (many runs, one cached results file)")
     p.add_argument("name", help="bar or pfs")
     p.add_argument("--scale", choices=("ci", "cpu", "paper"))
@@ -141,7 +142,7 @@ def cmd_count(args) -> int:
 def cmd_compact(args) -> int:
     from .workflows.runs import compact_run
 
-    out = compact_run(args.run, args.out)
+    out = compact_run(args.run, args.out, force=args.force, quiet=False)
     print(f"compact model written to {out}")
     return 0
 

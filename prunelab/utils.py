@@ -34,6 +34,50 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def tree_size(path) -> int:
+    """Bytes held by the files under ``path`` (0 if it does not exist)."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
+
+
+def move_aside(path, *, what: str = "run") -> Path:
+    """Rename ``path`` to a new ``<name>.old-<date>-<time>[-k]`` beside it and return that name.
+
+    The name is unique even for two calls in one second. Before moving anything, the free space
+    beside it must hold another copy of its size (the run that replaces it will need about as
+    much): otherwise one line says so and nothing moves.
+    """
+    import shutil
+    import time
+
+    from .errors import RunDirError
+
+    path = Path(path)
+    need = tree_size(path)
+    free = shutil.disk_usage(path.parent if path.parent.exists() else ".").free
+    if free < need:
+        raise RunDirError(f"--force: only {free / 2**20:.0f} MiB free beside {path}, and the {what} it replaces "
+                          f"holds {need / 2**20:.0f} MiB; free some space or write to another --out (nothing moved)")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    k = 1
+    while True:
+        backup = path.with_name(f"{path.name}.old-{stamp}" + (f"-{k}" if k > 1 else ""))
+        try:
+            # mkdir claims the name atomically; the rename then replaces the empty folder
+            backup.mkdir()
+        except FileExistsError:
+            k += 1
+            continue
+        try:
+            os.replace(path, backup)
+        except OSError:
+            backup.rmdir()
+            raise
+        return backup
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -96,12 +96,12 @@ def test_method_contract(name, tmp_path):
     assert {"rule", "metric", "target", "achieved", "widths"} <= set(flat)
     assert SelectReport.from_dict(flat).to_dict() == flat
     cost = result.cost(SyntheticLoader(1))
-    if cls.budget_tolerance is not None:  # met by selection: at most the target, within the tolerance below it
+    if m.budget_tolerance is not None:  # met by selection: at most the target, within the tolerance below it
         # the budget's 100 % is the dense model, or the reference the method documents (PFS: the unexpanded one)
         reference = rep.extra.get("reference", getattr(models_cost(spec), rep.metric))
         assert rep.target == pytest.approx(BUDGET.keep * reference)
         assert rep.achieved <= rep.target * (1 + 1e-9)
-        assert (rep.target - rep.achieved) / rep.target <= cls.budget_tolerance, (rep.achieved, rep.target)
+        assert (rep.target - rep.achieved) / rep.target <= m.budget_tolerance, (rep.achieved, rep.target)
         assert getattr(cost, rep.metric) == pytest.approx(rep.achieved)
         assert cost.macs < models_cost(spec).macs  # something was pruned
     else:  # reached by training: the report still says what was reached

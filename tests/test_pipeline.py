@@ -49,6 +49,14 @@ def test_l1_pipeline_through_cli_and_compact_command(tmp_path):
     assert "finished stages: pretrain, prune, finetune" in cli("info", str(run)).stdout
     out = cli("compact", str(run), "--out", str(tmp_path / "c")).stdout
     assert (tmp_path / "c" / "plan.json").exists() and "written" in out
+    # a second compact into the same folder is refused (nothing overwritten) unless --force moves it aside
+    plan = (tmp_path / "c" / "plan.json").read_bytes()
+    again = cli("compact", str(run), "--out", str(tmp_path / "c"), check=False)
+    assert again.returncode == 2 and "--force" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+    assert (tmp_path / "c" / "plan.json").read_bytes() == plan
+    forced = cli("compact", str(run), "--out", str(tmp_path / "c"), "--force")
+    backups = [p for p in tmp_path.iterdir() if p.name.startswith("c.old-")]
+    assert len(backups) == 1 and (backups[0] / "plan.json").read_bytes() == plan and "moved" in forced.stdout
 
 
 def test_pipeline_resumes_after_a_kill_in_finetune(tmp_path):

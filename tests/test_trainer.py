@@ -149,3 +149,56 @@ def test_ddp_two_cpu_processes_keep_identical_weights(tmp_path):
     assert len(a["params"]) == len(list(models.create("resnet20").parameters()))
     for k in a["params"]:
         assert torch.equal(a["params"][k], b["params"][k]), k
+
+
+def test_ddp_synchronises_a_method_controller(tmp_path):
+    """A controller (generator) is a submodule of the gated model: DDP averages its gradients too."""
+    worker = Path(__file__).with_name("ddp_worker.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([PY, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+                        str(worker), str(tmp_path), "controller"], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    ctrl = [k for k in a["params"] if k.startswith("controller.")]
+    assert ctrl and a["changed"]
+    init = ToyGeneratedInit()
+    assert any(not torch.equal(a["params"][k], init[k]) for k in ctrl)  # the controller learned
+    for k in a["params"]:
+        assert torch.equal(a["params"][k], b["params"][k]), k
+
+
+def ToyGeneratedInit():
+    from test_result_kinds import ToyGenerated
+
+    torch.manual_seed(0)
+    return {n: p.detach().clone() for n, p in ToyGenerated().attach(models.create("resnet20")).named_parameters()}
+
+
+def test_force_backups_get_unique_names_within_one_second(tmp_path):
+    from prunelab.utils import move_aside
+
+    names = set()
+    for i in range(3):
+        d = tmp_path / "run"
+        d.mkdir()
+        (d / "config.yaml").write_text(f"n: {i}\n")
+        names.add(move_aside(d).name)
+    assert len(names) == 3  # three moves in (almost surely) the same second, three names
+    assert sorted((tmp_path / n / "config.yaml").read_text() for n in names) == ["n: 0\n", "n: 1\n", "n: 2\n"]
+
+
+def test_force_checks_free_space_before_moving_anything(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from prunelab.errors import RunDirError
+    from prunelab.utils import move_aside
+
+    d = tmp_path / "run"
+    d.mkdir()
+    (d / "model.pt").write_bytes(b"x" * 4096)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**6, 10**6 - 100, 100))
+    with pytest.raises(RunDirError, match="MiB free"):
+        move_aside(d)
+    assert (d / "model.pt").exists() and [p.name for p in tmp_path.iterdir()] == ["run"]

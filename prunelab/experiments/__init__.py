@@ -34,6 +34,29 @@ def check_parts(study: str, parts, valid: tuple) -> tuple:
     return parts
 
 
+def write_results(path, results: dict, say=print) -> Path:
+    """Write a study's results. A partial study (a ``--parts`` subset, or sub-runs missing) never
+    replaces a complete results file: it goes beside it as ``<name>.partial.json``, marked partial."""
+    import json
+
+    from ..utils import to_jsonable, write_json
+
+    path = Path(path)
+    if not results.get("complete"):
+        results = {**results, "partial": True}
+        if path.exists():
+            try:
+                old_complete = bool(json.loads(path.read_text()).get("complete"))
+            except (OSError, ValueError, AttributeError):
+                old_complete = False
+            if old_complete:
+                path = path.with_name(path.stem + ".partial.json")
+                say(f"the study is partial (parts {results.get('parts')}, missing {len(results.get('missing', []))} "
+                    f"sub-runs): {path.name} written, the complete results file is left as it was")
+    write_json(path, to_jsonable(results))
+    return path
+
+
 def experiments() -> dict:
     import importlib
 

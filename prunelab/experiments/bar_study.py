@@ -38,7 +38,7 @@ from ..pruning.structure import Structure
 from ..runfiles import read_metrics
 from ..utils import read_json, to_jsonable, write_json
 from ..workflows import SubRuns, iterative_prune, run_pipeline, train
-from . import check_parts, results_path
+from . import check_parts, results_path, write_results
 
 PRUNING_FACTORS = (2, 4, 8, 16)
 SETTINGS = {
@@ -241,6 +241,6 @@ def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, result
         "data_source": teacher.get("data_source"), "wall_time_s": time.time() - t0,
         "parts": list(parts), "complete": not runs.missing and set(parts) == set(PARTS), "missing": runs.missing,
     }
-    write_json(results_file, to_jsonable(results))
-    runs.say(f"results written to {results_file}")
+    written = write_results(results_file, results, runs.say)
+    runs.say(f"results written to {written}")
     return results

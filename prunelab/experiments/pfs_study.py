@@ -29,7 +29,7 @@ from ..pruning.structure import Structure
 from ..runfiles import read_metrics
 from ..utils import read_json, to_jsonable, write_json
 from ..workflows import SubRuns, run_pipeline, train
-from . import check_parts, results_path
+from . import check_parts, results_path, write_results
 
 SETTINGS = {
     "ci": {"model": "resnet20", "seeds": (0, 1), "epochs": (0, 1, 2), "pretrain_epochs": 2, "ratios": (0.5,),
@@ -145,6 +145,6 @@ def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, result
     study["complete"], study["missing"] = not runs.missing and set(parts) == set(PARTS), runs.missing
     study["wall_time_s"] = time.time() - t0
     study["created"] = time.strftime("%Y-%m-%d %H:%M")
-    write_json(results_file, to_jsonable(study))
-    runs.say(f"results written to {results_file}")
+    written = write_results(results_file, study, runs.say)
+    runs.say(f"results written to {written}")
     return study

@@ -101,6 +101,11 @@ class L0Regularization(Method):
     slot_set = "outputs"
     budget_tolerance = None  # threshold selection: the cost is what lambda reached (L2)
 
+    def __init__(self, **options):
+        super().__init__(**options)
+        if self.options.select == "budget":  # the budget solver's global ranking meets it
+            self.budget_tolerance = Method.budget_tolerance
+
     def attach(self, net):
         return hard_concrete_gated(self, net)
 

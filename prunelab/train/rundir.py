@@ -21,7 +21,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,7 @@ import torch
 
 from ..errors import RunDirError
 from ..runfiles import load_checkpoint, read_metrics, summed_epoch_time  # noqa: F401  (re-exported)
-from ..utils import atomic_write_bytes, atomic_write_text, to_jsonable
+from ..utils import atomic_write_bytes, atomic_write_text, move_aside, to_jsonable
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint.pt", "model.pt", "result.json")
 
@@ -57,8 +56,7 @@ class RunDir:
                 self.resumed = True
             elif force:
                 self._release_lock()
-                backup = self.path.with_name(f"{self.path.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
-                os.replace(self.path, backup)
+                backup = move_aside(self.path)
                 if not quiet:
                     print(f"--force: moved the existing run to {backup}")
                 self._acquire_lock()

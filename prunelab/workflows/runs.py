@@ -97,8 +97,12 @@ def evaluate_run(path) -> dict:
     return {**r, "macs": macs, "kind": kind}
 
 
-def compact_run(run_dir, out=None) -> Path:
-    """Write the compact model of a finished pruning run (``prunelab compact RUN``)."""
+def compact_run(run_dir, out=None, *, force: bool = False, quiet: bool = True) -> Path:
+    """Write the compact model of a finished pruning run (``prunelab compact RUN [--out DIR]``).
+
+    A ``DIR`` that already holds a plan or weights is refused; ``force`` moves it aside first (to a
+    unique ``DIR.old-<time>``), as ``train --force`` does with a run.
+    """
     from .. import methods  # noqa: F401
     from ..pruning.result import GeneratedResult, StaticResult, load_result
 
@@ -115,6 +119,18 @@ def compact_run(run_dir, out=None) -> Path:
         raise ConfigError(f"{run_dir} holds a {result.kind} result (per-instance masks): it has no single compact "
                           f"network; evaluate it with prunelab eval")
     out = Path(out) if out else run_dir / "compact"
-    if out != final:
-        result.save(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder for plan.json and weights.pt")
+    if out.resolve() == final.resolve():
+        return out
+    if (out / "plan.json").exists() or (out / "weights.pt").exists():
+        if not force:
+            raise ConfigError(f"{out} already holds a compact model (plan.json / weights.pt); pass --force to move "
+                              f"it aside, or choose another --out")
+        from ..utils import move_aside
+
+        backup = move_aside(out, what="compact model")
+        if not quiet:
+            print(f"--force: moved the existing compact model to {backup}")
+    result.save(out)
     return out
