@@ -16,6 +16,7 @@ and exits with code 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from pathlib import Path
@@ -71,8 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _scale(args):
-    from .config import default_scale
+    from .config import check_set_conflicts, default_scale
 
+    check_set_conflicts(getattr(args, "sets", ()))
     return args.scale or default_scale()
 
 
@@ -81,6 +83,11 @@ def cmd_train(args) -> int:
     from .train.run import train
 
     cfg = load_config(args.config, _scale(args), args.sets)
+    ignored = [k for k in ("method", "budget", "stages") if getattr(cfg, k)]
+    if ignored:
+        print(f"prunelab: warning: {args.config} is a pruning config; `prunelab train` trains the dense model and "
+              f"ignores its {', '.join(ignored)} section(s): use `prunelab prune {args.config}` to prune",
+              file=sys.stderr)
     res = train(cfg, args.out, resume=args.resume, force=args.force)
     f = res["final"]
     took = f"{res['train_time_s'] / 60:.1f} min of epochs"
@@ -175,13 +182,26 @@ COMMANDS = {"train": cmd_train, "prune": cmd_prune, "eval": cmd_eval, "info": cm
             "compact": cmd_compact, "experiment": cmd_experiment, "list": cmd_list}
 
 
+_DISK_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+                errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+                errno.EPERM: "permission denied"}
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.cmd](args)
     except PrunelabError as e:
-        print(f"prunelab: error: {e}", file=sys.stderr)
+        print(f"prunelab: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.errno in _DISK_ERRORS:
+            where = f" writing {e.filename}" if e.filename else ""
+            print(f"prunelab: error: {_DISK_ERRORS[e.errno]}{where}; make room (or write access) and continue with "
+                  f"--resume (what was saved before is intact: files are written whole or not at all)",
+                  file=sys.stderr)
+            return 2
+        raise
     except KeyboardInterrupt:
         print("prunelab: interrupted; continue with --resume", file=sys.stderr)
         return 130

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
+import re
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -167,7 +169,37 @@ def validate(cfg: Config) -> Config:
     _check(t.eval_every >= 1, "train.eval_every", f"must be >= 1, got {t.eval_every}")
     _check(t.checkpoint_every_steps >= 0, "train.checkpoint_every_steps", f"must be >= 0, got {t.checkpoint_every_steps}")
     _check(t.max_steps is None or t.max_steps >= 1, "train.max_steps", f"must be >= 1 or null, got {t.max_steps}")
+    # sizes and seeds: beyond these a run cannot start (or never ends) rather than doing what was meant
+    _check(d.batch_size <= 1 << 20, "data.batch_size", f"must be <= {1 << 20}, got {d.batch_size}")
+    _check(d.eval_batch_size <= 1 << 20, "data.eval_batch_size", f"must be <= {1 << 20}, got {d.eval_batch_size}")
+    _check(d.holdout < 60000, "data.holdout", f"must be a count below the training set's size or a fraction < 1, "
+                                              f"got {d.holdout}")
+    _check(d.holdout < 1 or d.holdout == int(d.holdout), "data.holdout",
+           f"must be a whole count (>= 1) or a fraction (< 1), got {d.holdout}")
+    for k in ("subset_seed", "holdout_seed"):
+        v = getattr(d, k)
+        _check(v is None or 0 <= v < 2**32, f"data.{k}", f"must be in [0, 2**32), got {v}")
+    _check(0 <= t.seed < 2**32, "train.seed", f"must be in [0, 2**32), got {t.seed}")
+    _check(t.epochs <= 100_000, "train.epochs", f"must be <= 100000, got {t.epochs}")
+    _check(t.threads is None or 1 <= t.threads <= 1024, "train.threads", f"must be between 1 and 1024 (or null), "
+                                                                          f"got {t.threads}")
+    _check(bool(re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", t.device)), "train.device",
+           f"must be auto, cpu, cuda or cuda:N, got {t.device!r}")
+    _check(all(isinstance(e, int) and not isinstance(e, bool) and 0 <= e <= t.epochs for e in t.keep_epochs),
+           "train.keep_epochs", f"must list whole epochs between 0 and train.epochs ({t.epochs}), got {t.keep_epochs}")
+    _check(len(o.betas) == 2 and all(_is_num(b) and 0 <= b < 1 for b in o.betas), "optim.betas",
+           f"must be two numbers in [0, 1), got {list(o.betas)}")
+    _check(s.warmup_start >= 0, "schedule.warmup_start", f"must be >= 0, got {s.warmup_start}")
+    _check(s.step_size >= 1, "schedule.step_size", f"must be >= 1, got {s.step_size}")
+    _check(all(_is_num(m) and m > 0 for m in s.milestones), "schedule.milestones",
+           f"must list epochs > 0, got {s.milestones}")
+    _check(s.warmup < 1 or s.warmup <= t.epochs, "schedule.warmup",
+           f"is a number of epochs when >= 1 and must not exceed train.epochs ({t.epochs}), got {s.warmup}")
     return cfg
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -195,14 +227,18 @@ def _coerce(value, typ, key):
             raise ConfigError(f"{key} must be a number, got {value!r}")
         try:
             num = float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ConfigError(f"{key} must be a number, got {value!r}") from None
+        if not math.isfinite(num):
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
         if typ is int:
-            if num != int(num):
+            if num != int(num) or abs(num) > 2**62:
                 raise ConfigError(f"{key} must be an integer, got {value!r}")
             return int(num)
         return num
     if typ is str:
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
         return str(value)
     if typ in (list, tuple) or origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
@@ -255,8 +291,11 @@ def parse_set(items) -> dict:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got {item!r}")
         key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key or any(not p for p in key.split(".")):
+            raise ConfigError(f"--set {item!r}: the key is empty or has an empty part; write section.key=value")
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = yaml.load(raw, Loader=_UniqueKeyLoader) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
         if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
@@ -272,6 +311,24 @@ def parse_set(items) -> dict:
     return out
 
 
+def check_set_conflicts(items) -> None:
+    """Refuse ``--set`` items that give one key twice (with different values) or a key and a section
+    that holds it (``--set train=... --set train.epochs=3``). The Python API composes lists of sets
+    where the last one wins; on the command line a repeated key is a mistake."""
+    given: dict = {}
+    for item in items or ():
+        if "=" not in item:
+            continue  # parse_set reports it
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        for other, value in given.items():
+            if other == key or other.startswith(key + ".") or key.startswith(other + "."):
+                if other == key and value == raw:
+                    continue
+                raise ConfigError(f"--set {other}={value} and --set {key}={raw} conflict; give each setting once")
+        given[key] = raw
+
+
 def find_config(ref: str | os.PathLike) -> Path:
     """A config path, or the name of a bundled config (``prunelab/configs/<name>.yaml``)."""
     p = Path(ref)
@@ -285,13 +342,47 @@ def find_config(ref: str | os.PathLike) -> Path:
                       f"Bundled: {', '.join(names)}")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that names a key twice (YAML would keep the last)."""
+
+
+def _unique_mapping(loader, node, deep=False):
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            dup = key in seen
+        except TypeError:  # an unhashable key: the base constructor reports it
+            break
+        if dup:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def safe_load_yaml(text_or_file, where: str = "config"):
+    """Parse YAML safely (no Python tags), refusing duplicate keys; one-line :class:`ConfigError`."""
+    try:
+        return yaml.load(text_or_file, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as e:
+        first = " ".join(str(e).split())
+        raise ConfigError(f"{where} is not valid YAML ({first[:200]})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where} is not a text file (it does not decode as UTF-8)") from None
+
+
 def load_raw(ref) -> dict:
     path = find_config(ref)
     try:
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {e}".splitlines()[0]) from None
+        with open(path, "rb") as f:
+            data = safe_load_yaml(f.read().decode("utf-8"), str(path)) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a text file (it does not decode as UTF-8)") from None
+    except OSError as e:
+        raise ConfigError(f"{path} could not be read ({e.strerror})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of config sections")
     return data
@@ -301,12 +392,27 @@ def resolve_dict(raw: dict, scale: str | None = None, overrides: dict | None = N
     """Apply the scale block and overrides to a raw config dict (no validation)."""
     raw = copy.deepcopy(raw)
     scales = raw.pop("scales", {}) or {}
-    scale = scale or (overrides or {}).get("scale") or raw.get("scale") or "cpu"
+    base = raw.pop("base_scale", "cpu")  # the scale the file's top-level settings are written for
+    scale = scale or (overrides or {}).get("scale") or raw.get("scale") or base
     if scale not in SCALES:
         raise ConfigError(f"scale must be one of {SCALES}, got {scale!r}")
+    if not isinstance(scales, dict):
+        raise ConfigError(f"scales must be a mapping of scale blocks ({', '.join(SCALES)}), got {scales!r}")
     unknown = set(scales) - set(SCALES)
     if unknown:
         raise ConfigError(f"scales block has unknown scale(s) {sorted(unknown)}; valid: {SCALES}")
+    if base not in SCALES:
+        raise ConfigError(f"base_scale must be one of {SCALES}, got {base!r}")
+    if scale != base and not scales:  # a file without scale blocks: its one setting serves every scale
+        import sys
+
+        print(f"prunelab: warning: this config has no scale blocks; its {base}-scale settings run under the "
+              f"{scale!r} label (add scales.{scale}, or base_scale: {scale} if that is what it is)", file=sys.stderr)
+    elif scale != base and scale not in scales:
+        has = ", ".join(sorted(scales))
+        raise ConfigError(f"this config has no {scale!r} block (scale blocks: {has}; its top level is the "
+                          f"{base!r} scale), so --scale {scale} would run {base}-scale settings under the {scale} "
+                          f"label; add scales.{scale} to the file or pick one of: {base}, {has}")
     merged = deep_merge(raw, scales.get(scale, {}))
     new_method = ((overrides or {}).get("method") or {}).get("name")
     if new_method and new_method != (merged.get("method") or {}).get("name"):

@@ -29,6 +29,10 @@ class RunDirError(PrunelabError):
     """A run directory cannot be used (exists, locked by another process, ...)."""
 
 
+class TrainingDivergedError(PrunelabError):
+    """The loss became NaN or infinite; the run keeps its last good checkpoint."""
+
+
 class UnknownNameError(PrunelabError, KeyError):
     """An unknown registry name (model, method, schedule...)."""
 

@@ -14,18 +14,40 @@ from .errors import CheckpointError
 
 
 def read_metrics(path) -> list[dict]:
+    """The epoch records of ``metrics.jsonl``; lines that are not JSON records (a line cut by a kill,
+    a damaged file) are skipped."""
     p = Path(path) / "metrics.jsonl"
     if not p.exists():
         return []
     out = []
-    for line in p.read_text().splitlines():
+    for line in p.read_bytes().decode("utf-8", errors="replace").splitlines():
         line = line.strip()
         if line:
             try:
-                out.append(json.loads(line))
+                rec = json.loads(line)
             except json.JSONDecodeError:  # a line cut by a kill: ignore it
-                pass
+                continue
+            if isinstance(rec, dict):
+                out.append(rec)
     return out
+
+
+def read_record(path, what: str = "record") -> dict:
+    """A JSON object from a run file (``result.json``, ``pipeline.json``); a missing, corrupt or
+    non-object file gives one line (:class:`~prunelab.errors.RunDirError`) naming it."""
+    from .errors import RunDirError
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise RunDirError(f"{path} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RunDirError(f"{path} is corrupt ({type(e).__name__}); restore it, or rerun the {what} with "
+                          f"--resume/--force") from None
+    if not isinstance(data, dict):
+        raise RunDirError(f"{path} is not a {what} (a JSON object was expected); restore it, or rerun with --force")
+    return data
 
 
 def summed_epoch_time(records: list[dict]) -> float:
@@ -34,8 +56,8 @@ def summed_epoch_time(records: list[dict]) -> float:
     An epoch that was logged twice (a kill between the log line and the checkpoint, then a resume)
     counts once, with its last record.
     """
-    last = {(r.get("stage") or "", r.get("epoch")): r.get("epoch_time_s", 0.0) for r in records}
-    return float(sum(last.values()))
+    last = {(str(r.get("stage") or ""), str(r.get("epoch"))): r.get("epoch_time_s", 0.0) for r in records}
+    return float(sum(v for v in last.values() if isinstance(v, (int, float)) and not isinstance(v, bool)))
 
 
 def load_checkpoint(path, map_location="cpu"):

@@ -88,9 +88,24 @@ def atomic_write_text(path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def dumps_json(obj, indent: int | None = None) -> str:
+    """``obj`` as strict JSON (numpy values converted; NaN and infinities, which JSON cannot hold, as null)."""
+    return json.dumps(_finite_or_null(to_jsonable(obj)), indent=indent, allow_nan=False)
+
+
 def write_json(path, obj, indent: int = 1) -> None:
-    """Atomically write ``obj`` as JSON (numpy scalars and arrays converted)."""
-    atomic_write_text(path, json.dumps(to_jsonable(obj), indent=indent) + "\n")
+    """Atomically write ``obj`` as JSON (see :func:`dumps_json`): the file is always valid JSON."""
+    atomic_write_text(path, dumps_json(obj, indent) + "\n")
+
+
+def _finite_or_null(obj):
+    if isinstance(obj, float):
+        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite_or_null(v) for v in obj]
+    return obj
 
 
 def read_json(path):

@@ -63,9 +63,62 @@ def test_official_batches_are_read(tmp_path, monkeypatch, cifar):
     d = {"data": cifar.test_images.reshape(10000, -1), "labels": cifar.test_labels.tolist()}
     (folder / "test_batch").write_bytes(pickle.dumps(d))
     monkeypatch.setenv("PRUNELAB_CACHE", str(tmp_path / "cache"))
+    # these batches are re-made from the archive's pixels, so they carry their own md5 sums
+    import prunelab.data.cifar as cifar_mod
+
+    monkeypatch.setattr(cifar_mod, "OFFICIAL_MD5", {f.name: cifar_mod._md5(f) for f in folder.iterdir()})
     got = load_cifar10(tmp_path)
     assert got.source == "official"
     assert np.array_equal(got.test_images[:50], cifar.test_images[:50])
+
+
+class _Payload:
+    """A pickle that would create a file when loaded."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_official_batches_are_unpickled_only_after_their_md5_matches(tmp_path, monkeypatch):
+    import pickle
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    marker = tmp_path / "the-pickle-ran"
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (folder / name).write_bytes(pickle.dumps(_Payload(marker)))
+    monkeypatch.setenv("PRUNELAB_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(DataError, match="published md5"):
+        load_cifar10(tmp_path)
+    assert not marker.exists()
+
+
+def test_a_damaged_decode_cache_is_rebuilt_with_one_line(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    import prunelab.data.cifar as cifar_mod
+    from prunelab.data.cifar import ARCHIVE_SHA256, cache_dir
+
+    src = cache_dir() / "cifar10" / f"jpeg-{ARCHIVE_SHA256[:12]}"
+    if not (src / "meta.json").exists():
+        load_cifar10()  # the real cache, written with its checksums
+    monkeypatch.setenv("PRUNELAB_CACHE", str(tmp_path / "cache"))
+    dst = cache_dir() / "cifar10" / f"jpeg-{ARCHIVE_SHA256[:12]}"
+    shutil.copytree(src, dst)
+    a = np.load(dst / "test_labels.npy")
+    a[0] = (a[0] + 1) % 10  # same shape and dtype, one label changed: only the checksum sees it
+    np.save(dst / "test_labels.npy", a)
+    monkeypatch.setattr(cifar_mod, "_MEMO", {})
+    calls = []
+    real = cifar_mod._decode_archive
+    monkeypatch.setattr(cifar_mod, "_decode_archive", lambda p: calls.append(p) or real(p))
+    got = load_cifar10()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert calls and len(err) == 1 and "checksum" in err[0] and "rebuilding" in err[0]
+    assert got.test_labels[0] != a[0]  # the rebuilt cache holds the archive's label again
 
 
 def test_crop_flip_matches_reference():

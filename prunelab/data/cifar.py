@@ -98,11 +98,31 @@ def _locate(root) -> tuple[str, Path]:
     )
 
 
+# the md5 sums the CIFAR-10 authors publish for the python batches: the batches are pickles, which
+# can run code when loaded, so a batch is unpickled only after its md5 matches
+OFFICIAL_MD5 = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f", "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751", "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb", "test_batch": "40351d587109b95175f43aff81a1287e",
+}
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def _decode_official(folder: Path) -> tuple[np.ndarray, ...]:
     def read(name):
         path = folder / name
         if not path.is_file():
             raise DataError(f"CIFAR-10 batch {path} is missing; re-download the official files.")
+        if _md5(path) != OFFICIAL_MD5[name]:
+            raise DataError(f"CIFAR-10 batch {path} does not match its published md5 (a pickle is only loaded "
+                            f"when it does); re-download the official files.")
         try:
             with open(path, "rb") as f:
                 d = pickle.load(f, encoding="latin1")
@@ -151,6 +171,52 @@ def _decode_archive(path: Path) -> tuple[np.ndarray, ...]:
 
 
 _MEMO: dict = {}
+CACHE_NAMES = ("train_images", "train_labels", "test_images", "test_labels")
+CACHE_SHAPES = {"train_images": (50000, 3, 32, 32), "train_labels": (50000,), "test_images": (10000, 3, 32, 32),
+                "test_labels": (10000,)}
+CACHE_FORMAT = "prunelab-cifar-cache-1"
+
+
+def _checksum(a: np.ndarray) -> str:
+    """CRC-32 of an array's bytes (fast: the check runs on every first load in a process)."""
+    import zlib
+
+    return f"{zlib.crc32(memoryview(np.ascontiguousarray(a)).cast('B')):08x}"
+
+
+def _write_cache(cdir: Path, files: list[Path], arrays) -> None:
+    """Write the decoded arrays and ``meta.json`` (shape, dtype, checksum of each) atomically."""
+    import json
+
+    meta = {"format": CACHE_FORMAT, "arrays": {}}
+    for f, a in zip(files, arrays):
+        buf = io.BytesIO()
+        np.save(buf, a)
+        atomic_write_bytes(f, buf.getvalue())
+        meta["arrays"][f.stem] = {"shape": list(a.shape), "dtype": str(a.dtype), "crc32": _checksum(a)}
+    atomic_write_bytes(cdir / "meta.json", (json.dumps(meta, indent=1) + "\n").encode())
+
+
+def _read_cache(cdir: Path, files: list[Path]):
+    """The cached arrays if every one matches the shape, dtype and checksum recorded in ``meta.json``
+    (and the expected CIFAR-10 shapes); None when anything is missing or differs."""
+    import json
+
+    try:
+        meta = json.loads((cdir / "meta.json").read_text())
+        if meta.get("format") != CACHE_FORMAT:
+            return None
+        arrays = []
+        for f in files:
+            rec = meta["arrays"][f.stem]
+            a = np.load(f, mmap_mode="r", allow_pickle=False)
+            if (list(a.shape) != rec["shape"] or tuple(a.shape) != CACHE_SHAPES[f.stem] or str(a.dtype) != rec["dtype"]
+                    or _checksum(a) != rec["crc32"]):
+                return None
+            arrays.append(a)
+        return arrays
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def load_cifar10(root: str | os.PathLike | None = None, *, verbose: bool = False) -> Cifar10:
@@ -167,27 +233,29 @@ def load_cifar10(root: str | os.PathLike | None = None, *, verbose: bool = False
         return _MEMO[key]
     tag = "official" if source == "official" else f"jpeg-{ARCHIVE_SHA256[:12]}"
     cdir = cache_dir() / "cifar10" / tag
-    names = ("train_images", "train_labels", "test_images", "test_labels")
-    files = [cdir / f"{n}.npy" for n in names]
-    if not all(f.is_file() for f in files):
+    files = [cdir / f"{n}.npy" for n in CACHE_NAMES]
+    arrays = _read_cache(cdir, files)
+    if arrays is None:
         cdir.mkdir(parents=True, exist_ok=True)
         with file_lock(cdir / ".lock"):  # two processes decoding at once: the second waits
-            if not all(f.is_file() for f in files):
+            arrays = _read_cache(cdir, files)
+            if arrays is None:
+                if any(f.exists() for f in files):
+                    import sys
+
+                    why = ("do not match their recorded shape, dtype or checksum" if (cdir / "meta.json").exists()
+                           else "have no recorded checksums (an older cache)")
+                    print(f"prunelab: the cached CIFAR-10 arrays in {cdir} {why}; rebuilding them from {path}",
+                          file=sys.stderr)
                 t0 = time.time()
-                arrays = _decode_official(path) if source == "official" else _decode_archive(path)
-                for f, a in zip(files, arrays):
-                    buf = io.BytesIO()
-                    np.save(buf, a)
-                    atomic_write_bytes(f, buf.getvalue())
+                decoded = _decode_official(path) if source == "official" else _decode_archive(path)
+                _write_cache(cdir, files, decoded)
                 if verbose:
                     print(f"decoded CIFAR-10 from {path} in {time.time() - t0:.1f} s; cached in {cdir}")
-    try:
-        arrays = [np.load(f, mmap_mode="r") for f in files]
-    except (ValueError, OSError) as e:
-        raise DataError(f"cached CIFAR-10 arrays in {cdir} are corrupt ({e}); delete that folder and retry.")
-    shapes_ok = arrays[0].shape == (50000, 3, 32, 32) and arrays[2].shape == (10000, 3, 32, 32)
-    if not shapes_ok:
-        raise DataError(f"cached CIFAR-10 arrays in {cdir} have wrong shapes; delete that folder and retry.")
+                arrays = _read_cache(cdir, files)
+                if arrays is None:
+                    raise DataError(f"the CIFAR-10 cache in {cdir} could not be written back intact; check the disk "
+                                    f"(free space, permissions) or set PRUNELAB_CACHE to another folder")
     data = Cifar10(*arrays, source=source, path=str(path))
     _MEMO[key] = data
     return data

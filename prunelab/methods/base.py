@@ -67,6 +67,13 @@ class Method(Hook):
     def __repr__(self):
         return f"{type(self).__name__}({options_dict(self.options)})"
 
+    def divergence_hint(self) -> str:
+        """The method setting to lower when the loss diverges (named in the trainer's error)."""
+        lam = getattr(self.options, "lambda_", None)
+        lr = getattr(self.options, "gate_lr", None)
+        parts = [f"method.lambda={lam:g}" if lam is not None else "", f"method.gate_lr={lr:g}" if lr is not None else ""]
+        return " or ".join(p for p in parts if p)
+
     def config(self) -> dict:
         """The ``method:`` config section that recreates this method."""
         return {"name": self.name, **options_dict(self.options)}

@@ -79,10 +79,56 @@ def create(name: str, **kwargs) -> nn.Module:
     if bad:
         valid = [k for k in params]
         raise ConfigError(f"model {name!r} takes no argument(s) {bad}; valid arguments: {valid}")
-    model = entry.builder(**kwargs)
+    kwargs = _checked_kwargs(name, entry.builder, kwargs)
+    try:
+        model = entry.builder(**kwargs)
+    except (TypeError, ValueError, RuntimeError, ZeroDivisionError, OverflowError) as e:
+        raise ConfigError(f"model {name!r} cannot be built with {kwargs} ({str(e).splitlines()[0][:160]})") from None
+    empty = [n for n, m in model.named_modules() if _channels(m) == 0]
+    if empty:
+        raise ConfigError(f"model {name!r} with {kwargs} has layers without channels ({empty[0]}); use larger "
+                          f"width arguments")
     model.prunelab_name = name
     model.prunelab_kwargs = dict(kwargs)
     return model
+
+
+def _channels(m: nn.Module):
+    if isinstance(m, nn.Conv2d):
+        return min(m.in_channels, m.out_channels)
+    if isinstance(m, nn.Linear):
+        return min(m.in_features, m.out_features)
+    if isinstance(m, nn.BatchNorm2d):
+        return m.num_features
+    return None
+
+
+def _checked_kwargs(name: str, builder, kwargs: dict) -> dict:
+    """Model arguments checked against the builder's annotations: numbers finite and > 0 (they are
+    sizes: widths, depths, class counts), integers whole, strings strings; one line on a bad one."""
+    import math
+    import typing
+
+    try:
+        hints = typing.get_type_hints(builder)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: leave the values to the builder
+        return dict(kwargs)
+    out = {}
+    for k, v in kwargs.items():
+        t = hints.get(k)
+        if t in (int, float):
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+            if ok and t is int:
+                ok = float(v).is_integer()
+                v = int(v) if ok else v
+            if not ok:
+                kind = "a whole number >= 1" if t is int else "a finite number > 0"
+                raise ConfigError(f"model {name!r} argument {k} must be {kind}, got {v!r}")
+            v = float(v) if t is float else v
+        elif t is str and not isinstance(v, str):
+            raise ConfigError(f"model {name!r} argument {k} must be a string, got {v!r}")
+        out[k] = v
+    return out
 
 
 def describe(model: nn.Module, name: str | None = None) -> ModelSpec:

@@ -34,6 +34,13 @@ class Budget:
     metric: str
     keep: float
 
+    def __post_init__(self):
+        if self.metric not in METRICS:
+            raise ConfigError(f"budget metric must be one of {METRICS}, got {self.metric!r}")
+        k = self.keep
+        if isinstance(k, bool) or not isinstance(k, (int, float)) or not math.isfinite(k) or not 0 < k <= 1:
+            raise ConfigError(f"budget keep must be a number in (0, 1], got {k!r} (0.5 keeps half)")
+
     @classmethod
     def parse(cls, spec) -> "Budget":
         """From ``{"metric": "macs", "keep": 0.5}`` (or ``"reduction": 0.5`` or ``"factor": 2``)."""
@@ -52,9 +59,13 @@ class Budget:
             raise ConfigError("budget needs exactly one of keep (remaining fraction), reduction or factor")
         k = given[0]
         try:
+            if isinstance(spec[k], bool):
+                raise TypeError
             v = float(spec[k])
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ConfigError(f"budget.{k} must be a number, got {spec[k]!r}") from None
+        if not math.isfinite(v):
+            raise ConfigError(f"budget.{k} must be a finite number, got {spec[k]!r}")
         if k == "keep" and not 0 < v <= 1:
             raise ConfigError(f"budget.keep must be in (0, 1], got {v} (0.5 keeps half)")
         if k == "reduction" and not 0 <= v < 1:

@@ -307,13 +307,20 @@ def load_compact(folder, map_location="cpu") -> nn.Module:
     folder = Path(folder)
     structure = Structure.load(folder / "plan.json")
     payload = load_checkpoint(folder / "weights.pt", map_location)
+    if not isinstance(payload, dict) or not isinstance(payload.get("state_dict"), dict):
+        raise CheckpointError(f"{folder}/weights.pt is not a prunelab compact model (no state dict)")
     if payload.get("model_name") != structure.model:
         raise CheckpointError(f"{folder}/weights.pt holds model {payload.get('model_name')!r} but the plan is for "
                               f"{structure.model!r}")
-    model = compact(create(structure.model, **structure.model_kwargs), structure)
+    try:
+        dense = create(structure.model, **structure.model_kwargs)
+        structure.check(describe(dense))
+        model = compact(dense, structure)
+    except PrunelabError as e:
+        raise CheckpointError(f"{folder}/plan.json does not describe a buildable model ({e})") from None
     try:
         model.load_state_dict(payload["state_dict"])
-    except RuntimeError as e:
+    except (RuntimeError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{folder}/weights.pt does not fit its plan ({str(e).splitlines()[0][:160]})") from None
     return model.to(map_location).eval()
 

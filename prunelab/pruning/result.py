@@ -34,7 +34,7 @@ import torch.nn as nn
 from ..counting import count
 from ..errors import CheckpointError, PrunelabError
 from ..models.registry import create, describe
-from ..utils import atomic_write_bytes, atomic_write_text, to_jsonable
+from ..utils import atomic_write_bytes, atomic_write_text, dumps_json, to_jsonable
 from .compact import load_compact, save_compact
 from .gates import GatedModel
 from .structure import Structure
@@ -224,7 +224,7 @@ class _GatedResult(PrunedResult):
         (the gated network's state dict, gates and controller included)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(folder / "plan.json", json.dumps(to_jsonable(self.plan())) + "\n")
+        atomic_write_text(folder / "plan.json", dumps_json(self.plan()) + "\n")
         buf = io.BytesIO()
         torch.save({"format": f"prunelab-{self.kind}-1", "model_name": self.module.prunelab_name,
                     "state_dict": self.module.state_dict()}, buf)
@@ -328,12 +328,15 @@ def load_result(folder, map_location="cpu") -> PrunedResult:
     if not p.is_file():
         raise CheckpointError(f"{folder} holds no saved result (no plan.json)")
     try:
-        plan = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{p} is corrupt ({e})") from None
+        plan = json.loads(p.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{p} is corrupt ({type(e).__name__})") from None
     if not isinstance(plan, dict):
         raise CheckpointError(f"{p} is not a prunelab plan")
     kind = plan.get("kind", "static")
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise CheckpointError(f"{p} has result kind {kind!r}; known kinds: {', '.join(KINDS)}")
-    return KINDS[kind]._load(folder, plan, map_location)
+    try:
+        return KINDS[kind]._load(folder, plan, map_location)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{p} or its weights are damaged ({type(e).__name__}: {str(e)[:80]})") from None

@@ -19,7 +19,7 @@ import numpy as np
 from ..counting import Cost, count
 from ..errors import CheckpointError
 from ..models.spec import ModelSpec
-from ..utils import atomic_write_text, to_jsonable
+from ..utils import atomic_write_text, dumps_json, to_jsonable
 
 FORMAT = "prunelab-structure-1"
 
@@ -131,12 +131,18 @@ class Structure:
     def from_dict(cls, d: dict) -> "Structure":
         if d.get("format") != FORMAT:
             raise CheckpointError(f"not a prunelab structure plan (format {d.get('format')!r}, expected {FORMAT!r})")
-        return cls(d["model"], dict(d.get("model_kwargs") or {}),
-                   {n: np.asarray(v, dtype=np.int64) for n, v in d["alive"].items()},
-                   {n: int(c) for n, c in d["channels"].items()}, dict(d.get("meta") or {}))
+        if not isinstance(d.get("model"), str) or not isinstance(d.get("alive"), dict) \
+                or not isinstance(d.get("channels"), dict) or set(d["alive"]) != set(d["channels"]):
+            raise CheckpointError("structure plan is damaged: it needs model, and alive/channels for the same tensors")
+        try:
+            return cls(d["model"], dict(d.get("model_kwargs") or {}),
+                       {n: np.asarray(v, dtype=np.int64).reshape(-1) for n, v in d["alive"].items()},
+                       {n: int(c) for n, c in d["channels"].items()}, dict(d.get("meta") or {}))
+        except (TypeError, ValueError, OverflowError) as e:
+            raise CheckpointError(f"structure plan is damaged ({type(e).__name__}: {str(e)[:80]})") from None
 
     def save(self, path) -> None:
-        atomic_write_text(path, json.dumps(self.to_dict()) + "\n")
+        atomic_write_text(path, dumps_json(self.to_dict()) + "\n")
 
     @classmethod
     def load(cls, path) -> "Structure":
@@ -144,9 +150,12 @@ class Structure:
         if not path.is_file():
             raise CheckpointError(f"structure plan {path} does not exist")
         try:
-            return cls.from_dict(json.loads(path.read_text()))
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise CheckpointError(f"structure plan {path} is corrupt ({e})") from None
+            d = json.loads(path.read_bytes().decode("utf-8"))
+            if not isinstance(d, dict):
+                raise TypeError("not a JSON object")
+            return cls.from_dict(d)
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
+            raise CheckpointError(f"structure plan {path} is corrupt ({type(e).__name__}: {str(e)[:80]})") from None
 
 
 def clean(structure: Structure, spec: ModelSpec) -> Structure:

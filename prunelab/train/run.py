@@ -84,6 +84,33 @@ def check_resume_config(run: RunDir, cfg: Config) -> None:
                           f"the original config, or use --force / another --out for a new run")
 
 
+def preflight(cfg: Config, dist_info: DistInfo = DistInfo()) -> None:
+    """Checks that need no data: the device, the batch size against the split's size, the weights to
+    start from. They run before a run directory is made, so bad input leaves nothing on disk."""
+    from ..errors import CheckpointError
+
+    device = device_for(dist_info, cfg.train.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device is cuda but no CUDA device is available; use --set train.device=cpu")
+    d = cfg.data
+    n = 10 * d.train_per_class if d.train_per_class else 50000
+    if d.holdout:
+        held = int(round(d.holdout * n)) if d.holdout < 1 else int(d.holdout)
+        if not 0 < held < n:
+            raise ConfigError(f"data.holdout ({d.holdout}) must leave between 1 and {n - 1} of the {n} training "
+                              f"images; lower it")
+        n = held if d.train_on_holdout else n - held
+    if d.batch_size % dist_info.world_size:
+        raise ConfigError(f"data.batch_size ({d.batch_size}) must be divisible by the number of processes "
+                          f"({dist_info.world_size})")
+    if n < d.batch_size:
+        raise ConfigError(f"data.batch_size ({d.batch_size}) exceeds the {n} training images; lower it or use more data")
+    models.create(cfg.model.name, **cfg.model.kwargs)  # bad model arguments: one line, nothing written
+    if cfg.train.init_from and not Path(cfg.train.init_from).exists():
+        raise CheckpointError(f"train.init_from {cfg.train.init_from} does not exist; train that checkpoint first "
+                              f"or point at another")
+
+
 def setup_runtime(cfg: Config, dist_info: DistInfo) -> torch.device:
     device = device_for(dist_info, cfg.train.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -119,6 +146,7 @@ def train(cfg: Config, out=None, *, resume: bool = False, force: bool = False, q
     into ``out`` (default ``runs/<name>-<scale>``).
     """
     dist_info = init_from_env()
+    preflight(cfg, dist_info)
     out = Path(out) if out else default_out(cfg)
     run = RunDir(out, resume=resume, force=force, rank=dist_info.rank, quiet=quiet)
     try:

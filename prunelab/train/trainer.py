@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import OptimConfig, ScheduleConfig, TrainConfig
-from ..errors import CheckpointError
+from ..errors import CheckpointError, TrainingDivergedError
 from ..hooks import Batch, Hook, ParamGroup  # noqa: F401  (re-exported: methods and tests import them here)
 from .rundir import RunDir
 from .schedules import lr_multiplier
@@ -108,6 +108,7 @@ class Trainer:
         self.history: list[dict] = []
         self.last_eval: dict = {}  # evaluations of the epoch just finished (hooks read it in end_epoch)
         self._sums: dict[str, torch.Tensor] = {}
+        self._nonfinite = None  # count of steps whose loss was NaN/inf since the last check (on the device)
         for h in self.hooks:
             h.setup(self)
         self._build_optimizers()
@@ -214,6 +215,8 @@ class Trainer:
             sch.step()
         for h in self.hooks:
             h.after_step(self, batch)
+        bad = (~torch.isfinite(loss.detach())).int()
+        self._nonfinite = bad if self._nonfinite is None else self._nonfinite + bad
         n = torch.tensor(float(len(y)), device=self.device)
         self._accumulate("n", n)
         self._accumulate("loss", loss.detach() * n)
@@ -221,6 +224,22 @@ class Trainer:
         for k, v in terms.items():
             self._accumulate(f"term_{k}", v.detach() * n)
         return batch
+
+    def check_finite(self) -> None:
+        """Stop with one line if a loss since the last check was NaN or infinite (before anything of
+        this state is saved, so the run directory keeps its last good checkpoint)."""
+        if self._nonfinite is None or not int(self._nonfinite.item()):
+            return
+        hints = [f"optim.lr={self.optim_cfg.lr:g}"]
+        for h in self.hooks:
+            hint = getattr(h, "divergence_hint", None)
+            if callable(hint) and hint():
+                hints.append(hint())
+        where = f"{self.stage + ' ' if self.stage else ''}epoch {self.epoch + 1}, step {self.global_step}"
+        raise TrainingDivergedError(
+            f"the training loss became NaN or infinite ({where}); the likely cause is a step too large for this "
+            f"model: lower {' or '.join(hints)}. The run directory keeps its last good checkpoint: start over with "
+            f"--force and the new setting (--resume would repeat the same steps)")
 
     def evaluate(self, loader, collect=None) -> dict:
         """Accuracy and mean loss on ``loader`` (eval mode, no label smoothing); see :func:`evaluate`."""
@@ -250,12 +269,15 @@ class Trainer:
                 self.step_in_epoch += 1
                 self.global_step += 1
                 bar.update(1)
+                if self.global_step % 20 == 0 or self.device.type == "cpu":  # a device sync: not every step on GPU
+                    self.check_finite()
                 if show and self.global_step % 25 == 0:
                     s = self._sums
                     bar.set_postfix(loss=f"{(s['loss'] / s['n']).item():.3f}",
                                     acc=f"{(s['correct'] / s['n']).item():.3f}", epoch=self.epoch)
                 if (cfg.checkpoint_every_steps and self.global_step % cfg.checkpoint_every_steps == 0
                         and self.step_in_epoch < self.steps_per_epoch):
+                    self.check_finite()
                     self.save_state()
                 if kill_at and self.global_step == kill_at:
                     os.kill(os.getpid(), signal.SIGKILL)
@@ -272,6 +294,7 @@ class Trainer:
         return self.history[-1] if self.history else {}
 
     def _end_epoch(self, seconds: float) -> dict:
+        self.check_finite()
         s = {k: v.item() for k, v in self._sums.items()}
         n = max(s.get("n", 0.0), 1.0)
         record = {"stage": self.stage, "epoch": self.epoch + 1, "step": self.global_step,

@@ -25,11 +25,11 @@ from pathlib import Path
 from .. import methods
 from ..config import Config, dump_yaml
 from ..counting import count
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..pruning.budget import Budget
 from ..train.distributed import init_from_env
 from ..train.rundir import RunDir
-from ..train.run import check_resume_config, default_out, environment, setup_runtime
+from ..train.run import check_resume_config, default_out, environment, preflight, setup_runtime
 from ..utils import write_json
 from . import stages as st
 
@@ -54,6 +54,15 @@ def run_pipeline(cfg: Config, out=None, *, resume: bool = False, force: bool = F
         if name not in st.STAGES:
             raise ConfigError(f"unknown stage {name!r}; stages are {', '.join(st.STAGES)}")
     dist_info = init_from_env()
+    preflight(cfg, dist_info)
+    for name in st.STAGES:
+        c = st.stage_config(cfg, name)
+        if c is not None:
+            preflight(c, dist_info)
+    init = ((cfg.stages or {}).get("pretrain") or {}).get("init_from")
+    if init and not Path(init).exists():
+        raise CheckpointError(f"stages.pretrain.init_from {init} does not exist; train that checkpoint first (see "
+                              f"the config's comment) or point at another")
     out = Path(out) if out else default_out(cfg)
     run = RunDir(out, resume=resume, force=force, rank=dist_info.rank, quiet=quiet)
     t_start = time.time()

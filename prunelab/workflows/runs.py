@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
-from ..errors import ConfigError, RunDirError
-from ..runfiles import read_metrics, summed_epoch_time
-from ..utils import read_json
+from ..errors import ConfigError, PrunelabError, RunDirError
+from ..runfiles import read_metrics, read_record, summed_epoch_time
 
 FINAL_DIRS = ("compact", "final")  # a static result's folder, a dynamic or generated result's folder
 
@@ -18,6 +15,28 @@ def _check(path) -> Path:
     if not p.is_dir() or not (p / "config.yaml").exists():
         raise RunDirError(f"{p} is not a prunelab run directory (no config.yaml); pass the folder given to --out")
     return p
+
+
+def _config(p: Path) -> dict:
+    """The run's ``config.yaml`` as a mapping with a model name, or one line saying it is damaged."""
+    from ..config import safe_load_yaml
+
+    f = p / "config.yaml"
+    try:
+        text = f.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        raise RunDirError(f"{f} is not readable text; restore it or rerun the run with --force") from None
+    try:
+        cfg = safe_load_yaml(text, str(f))
+    except ConfigError as e:
+        raise RunDirError(f"{e}; restore it or rerun the run with --force") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict) or not isinstance(cfg["model"].get("name"), str):
+        raise RunDirError(f"{f} is not a prunelab run config (no model.name); restore it or rerun with --force")
+    return cfg
+
+
+def _pct(v) -> str:
+    return f"{100 * v:.2f}%" if isinstance(v, (int, float)) and not isinstance(v, bool) else "n/a"
 
 
 def final_result_dir(run_dir) -> Path | None:
@@ -31,7 +50,7 @@ def final_result_dir(run_dir) -> Path | None:
 def run_info(path) -> str:
     """A human-readable summary: what ran, how far it got, and its results."""
     p = _check(path)
-    cfg = yaml.safe_load((p / "config.yaml").read_text())
+    cfg = _config(p)
     lines = [f"run {p}", f"  name {cfg.get('name')} | scale {cfg.get('scale')} | model {cfg['model']['name']} "
              f"{cfg['model'].get('kwargs') or ''}"]
     if cfg.get("method"):
@@ -42,20 +61,31 @@ def run_info(path) -> str:
         stages.setdefault(m.get("stage") or "train", []).append(m)
     for stage, rows in stages.items():
         last = rows[-1]
-        acc = f", test {100 * last['test_acc']:.2f}%" if "test_acc" in last else ""
-        lines.append(f"  {stage}: {len(rows)} epoch(s) logged, last train loss {last['train_loss']:.3f}{acc}")
+        acc = f", test {_pct(last['test_acc'])}" if "test_acc" in last else ""
+        loss = last.get("train_loss")
+        loss = f"{loss:.3f}" if isinstance(loss, (int, float)) and not isinstance(loss, bool) else "n/a"
+        lines.append(f"  {stage}: {len(rows)} epoch(s) logged, last train loss {loss}{acc}")
     if (p / "pipeline.json").exists():
-        lines.append(f"  finished stages: {', '.join(read_json(p / 'pipeline.json')['done'])}")
+        done = read_record(p / "pipeline.json", "pipeline").get("done")
+        if not isinstance(done, list):
+            raise RunDirError(f"{p / 'pipeline.json'} is damaged (no list of finished stages); restore it or rerun "
+                              f"with --force")
+        lines.append(f"  finished stages: {', '.join(map(str, done))}")
     if (p / "result.json").exists():
-        r = read_json(p / "result.json")
-        if "summary" in r:
+        r = read_record(p / "result.json", "run")
+        num = (int, float)
+        if isinstance(r.get("summary"), str):
             lines.append(f"  result ({r.get('result_kind', 'static')}): {r['summary']}")
-        elif "final" in r:
+        elif isinstance(r.get("final"), dict):
             # older result files lack train_time_s; the metrics log has every epoch's time
             train_s = r.get("train_time_s", summed_epoch_time(metrics))
-            lines.append(f"  result: test accuracy {100 * r['final'].get('test_acc', float('nan')):.2f}%, "
-                         f"{r['macs'] / 1e6:.2f} M MACs, {train_s / 60:.1f} min of epochs "
-                         f"({r['wall_time_s'] / 60:.1f} min in the last process)")
+            macs, wall = r.get("macs"), r.get("wall_time_s")
+            lines.append(f"  result: test accuracy {_pct(r['final'].get('test_acc'))}, "
+                         + (f"{macs / 1e6:.2f} M MACs, " if isinstance(macs, num) else "")
+                         + (f"{train_s / 60:.1f} min of epochs " if isinstance(train_s, num) else "")
+                         + (f"({wall / 60:.1f} min in the last process)" if isinstance(wall, num) else ""))
+        else:
+            lines.append("  result: result.json holds no summary (written by another version?)")
     else:
         ck = sorted(q.name for q in p.glob("checkpoint*.pt"))
         lines.append(f"  not finished{'; resumable from ' + ', '.join(ck) if ck else ''} (prunelab ... --resume)")
@@ -76,7 +106,11 @@ def evaluate_run(path) -> dict:
     from ..train.trainer import evaluate, load_weights, resolve_device
 
     p = _check(path)
-    cfg = build(yaml.safe_load((p / "config.yaml").read_text()))
+    raw = _config(p)
+    try:
+        cfg = build(raw)
+    except PrunelabError as e:
+        raise RunDirError(f"{p / 'config.yaml'}: {e}") from None
     device = resolve_device("auto")
     _, ev = build_loaders(cfg.data, device, seed=cfg.train.seed, channels_last=cfg.train.channels_last)
     final = final_result_dir(p)

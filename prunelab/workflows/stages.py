@@ -217,6 +217,13 @@ def prune(ctx: StageContext) -> PrunedResult:
             result.save(run.file("pruned"))
         log.mark("prune", report=result.report.to_dict(), kind=result.kind)
     result.module = result.module.to(ctx.device, memory_format=ctx.memory_format)
+    rep = result.report
+    if rep.budget_met is False:  # on the console, not only in result.json
+        import sys
+
+        print(f"prunelab: warning: {method.name} did not meet the budget: {rep.metric} {rep.achieved:,.0f} > target "
+              f"{rep.target:,.0f} ({100 * (rep.achieved / rep.target - 1):+.1f}%); see budget_report in result.json "
+              f"(min_channels or a method that reaches its budget by training may hold it up)", file=sys.stderr)
     ctx.record["result_kind"] = result.kind
     ctx.record["pruned_cost"] = _cost_record(result, ctx.test_loader)
     ctx.record["budget_report"] = result.report.to_dict()
