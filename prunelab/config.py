@@ -183,7 +183,7 @@ def validate(cfg: Config) -> Config:
     _check(t.epochs <= 100_000, "train.epochs", f"must be <= 100000, got {t.epochs}")
     _check(t.threads is None or 1 <= t.threads <= 1024, "train.threads", f"must be between 1 and 1024 (or null), "
                                                                           f"got {t.threads}")
-    _check(bool(re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", t.device)), "train.device",
+    _check(bool(re.fullmatch(r"auto|cpu|cuda(:\d+)?", t.device)), "train.device",
            f"must be auto, cpu, cuda or cuda:N, got {t.device!r}")
     _check(all(isinstance(e, int) and not isinstance(e, bool) and 0 <= e <= t.epochs for e in t.keep_epochs),
            "train.keep_epochs", f"must list whole epochs between 0 and train.epochs ({t.epochs}), got {t.keep_epochs}")
@@ -393,7 +393,10 @@ def resolve_dict(raw: dict, scale: str | None = None, overrides: dict | None = N
     raw = copy.deepcopy(raw)
     scales = raw.pop("scales", {}) or {}
     base = raw.pop("base_scale", "cpu")  # the scale the file's top-level settings are written for
-    scale = scale or (overrides or {}).get("scale") or raw.get("scale") or base
+    asked = (overrides or {}).get("scale")
+    if asked is not None and scale is not None and asked != scale:
+        raise ConfigError(f"--set scale={asked} conflicts with --scale {scale}; choose the scale with --scale")
+    scale = scale or asked or raw.get("scale") or base
     if scale not in SCALES:
         raise ConfigError(f"scale must be one of {SCALES}, got {scale!r}")
     if not isinstance(scales, dict):

@@ -49,6 +49,7 @@ class ToyDynamic(Method):
     Options = ToyDynamicOptions
     result_kind = "dynamic"
     budget_tolerance = None
+    needs_budget = False
 
     def attach(self, net):
         spec = models.describe(net)
@@ -77,6 +78,7 @@ class ToyGenerated(Method):
     learns = True
     result_kind = "generated"
     budget_tolerance = None
+    needs_budget = False
 
     def attach(self, net):
         spec = models.describe(net)

@@ -58,6 +58,7 @@ class Method(Hook):
     slot_set: ClassVar[str] = "internal"
     result_kind: ClassVar[str] = "static"
     budget_tolerance: ClassVar[float | None] = 0.01
+    needs_budget: ClassVar[bool] = True
 
     def __init__(self, **options):
         self.options = parse_options(self.Options, options, self.name)
@@ -94,6 +95,16 @@ class Method(Hook):
     def prepare(self, spec: ModelSpec, budget: Budget | None) -> None:
         """Called before the learn stage with the dense spec and the run's budget (if any)."""
         self.spec, self.budget = spec, budget
+
+    def check(self, spec: ModelSpec, budget: Budget | None) -> None:
+        """Checks against the model and the budget, run before a pipeline writes or trains anything:
+        the gate slots exist, a budget is given where one is needed, and :meth:`prepare` accepts them."""
+        if self.needs_budget and budget is None:
+            raise ConfigError(f"method {self.name} needs a budget (e.g. budget: {{metric: macs, keep: 0.5}})")
+        if not self.tensors(spec):
+            raise ConfigError(f"method {self.name} finds no gated tensors for slots {list(self.slots(spec))} in "
+                              f"{spec.model}; set method.slots to some of {spec.slots()}")
+        self.prepare(spec, budget)
 
     # -- selection ---------------------------------------------------------------------------------
     def scores(self, model: nn.Module, spec: ModelSpec) -> dict[str, np.ndarray]:

@@ -100,11 +100,13 @@ class L0Regularization(Method):
     Options = LzrOptions
     slot_set = "outputs"
     budget_tolerance = None  # threshold selection: the cost is what lambda reached (L2)
+    needs_budget = False  # sweep lambda instead (L2); select: budget needs one
 
     def __init__(self, **options):
         super().__init__(**options)
         if self.options.select == "budget":  # the budget solver's global ranking meets it
             self.budget_tolerance = Method.budget_tolerance
+            self.needs_budget = True
 
     def attach(self, net):
         return hard_concrete_gated(self, net)

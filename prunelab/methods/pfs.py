@@ -79,6 +79,11 @@ class PruningFromScratch(Method):
     def density_target(self) -> float:
         return float(self.options.density_target)
 
+    def prepare(self, spec, budget):
+        super().prepare(spec, budget)
+        if budget is not None and budget.metric not in ("macs", "flops"):
+            raise ConfigError(f"pfs prunes to a MAC (FLOP) budget, got budget.metric {budget.metric!r}")
+
     def attach(self, net):
         from ..models.registry import describe
 

@@ -93,6 +93,10 @@ def preflight(cfg: Config, dist_info: DistInfo = DistInfo()) -> None:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device is cuda but no CUDA device is available; use --set train.device=cpu")
     d = cfg.data
+    if d.root is not None:
+        from ..data.cifar import _locate
+
+        _locate(d.root)  # one line naming where it looked
     n = 10 * d.train_per_class if d.train_per_class else 50000
     if d.holdout:
         held = int(round(d.holdout * n)) if d.holdout < 1 else int(d.holdout)

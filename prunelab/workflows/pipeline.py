@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .. import methods
+from .. import methods, models
 from ..config import Config, dump_yaml
 from ..counting import count
 from ..errors import CheckpointError, ConfigError
@@ -63,6 +63,7 @@ def run_pipeline(cfg: Config, out=None, *, resume: bool = False, force: bool = F
     if init and not Path(init).exists():
         raise CheckpointError(f"stages.pretrain.init_from {init} does not exist; train that checkpoint first (see "
                               f"the config's comment) or point at another")
+    method.check(models.describe(models.create(cfg.model.name, **cfg.model.kwargs)), budget)
     out = Path(out) if out else default_out(cfg)
     run = RunDir(out, resume=resume, force=force, rank=dist_info.rank, quiet=quiet)
     t_start = time.time()

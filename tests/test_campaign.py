@@ -1,0 +1,406 @@
+"""The bad-input campaign, in the tests: hostile values for every config key, corrupted files of a
+finished run directory, a full disk and a read-only folder.
+
+Each bad input must give exit code 2 and one line on stderr, never a traceback, and leave nothing new
+on disk; a damaged run directory must never lose the files that were not damaged. The command-line
+entry point is called in-process (``prunelab.cli.main``), so an uncaught exception fails the test
+with its traceback. Set ``PRUNELAB_CAMPAIGN_REPORT=path.json`` to get the campaign's counts.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import typing
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from prunelab import cli
+from prunelab.config import Config
+
+COUNTS: Counter = Counter()
+
+
+def _report():
+    path = os.environ.get("PRUNELAB_CAMPAIGN_REPORT")
+    if path and COUNTS:
+        Path(path).write_text(json.dumps(dict(COUNTS), indent=1))
+
+
+atexit.register(_report)
+
+
+def run_cli(argv, capsys) -> tuple[int, list[str]]:
+    """``prunelab ARGV`` in-process: (exit code, stderr lines)."""
+    try:
+        rc = cli.main(argv)
+    except SystemExit as e:  # argparse's own usage errors
+        rc = e.code
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    return rc, err
+
+
+def tree(path: Path) -> dict:
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(path.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+# -- 1. hostile config values --------------------------------------------------------------------
+
+NUMERIC_HOSTILE = [float("nan"), float("inf"), float("-inf"), "lots", [1, 2], {"a": 1}, True]
+# values outside each key's range (on top of the type-hostile values every number gets)
+OUT_OF_RANGE = {
+    "data.batch_size": [0, -1, 10**7, 1.5], "data.eval_batch_size": [0, -3], "data.train_per_class": [0, 6000],
+    "data.test_per_class": [0, -1], "data.subset_seed": [-1, 2**33], "data.holdout": [-1, 10**6, 2.5, 250],
+    "data.holdout_seed": [-5], "optim.lr": [0, -0.1], "optim.momentum": [1.0, -0.1], "optim.weight_decay": [-1],
+    "schedule.warmup": [-1, 10**4], "schedule.warmup_start": [-0.5], "schedule.step_size": [0],
+    "schedule.gamma": [0, -1], "schedule.final_factor": [2, -1], "train.epochs": [0, -2, 10**6],
+    "train.label_smoothing": [1.0, -0.1], "train.grad_clip": [0, -1], "train.seed": [-1, 2**40],
+    "train.eval_every": [0], "train.checkpoint_every_steps": [-1], "train.max_steps": [0],
+    "train.threads": [0, -1, 10**6],
+}
+STRING_HOSTILE = {
+    "data.dataset": ["mnist"], "data.root": ["/no/such/folder"], "model.name": ["resnet21", ""],
+    "optim.name": ["lion"], "schedule.name": ["linear"], "train.amp": ["fast"], "train.device": ["gpu0", "cuda:x"],
+    "train.init_from": ["/no/such/model.pt"], "name": [{"a": 1}, [1]], "notes": [{"a": 1}], "scale": ["huge"],
+}
+OTHER_HOSTILE = {
+    "optim.betas": [[1.5, 0.9], [0.9], "x", [float("nan"), 0.9]], "schedule.milestones": ["x", [-1], [float("nan")]],
+    "train.keep_epochs": [[-1], [1.5], [10**6], "x"], "model.kwargs": [{"width": 0}, {"bogus": 1}, "x",
+                                                                        {"width": float("nan")}, {"shortcut": "Z"}],
+    "data": [5], "train": ["x"], "bogus_section": [1], "data.bogus": [1], "model.kwargs.width": [0, -3, 2.5, "x"],
+}
+# keys only a pruning run reads (through `prunelab prune resnet20_l1`)
+PRUNE_HOSTILE = {
+    "budget.keep": [0, 2, -1, float("nan"), "half"], "budget.factor": [0.5, float("inf"), float("nan")],
+    "budget.reduction": [1, -0.5], "budget.metric": ["speed"], "budget.bogus": [1], "budget": ["x", [1]],
+    "method.name": ["l2", "", 7], "method.normalize": ["median", 3], "method.mode": ["local"],
+    "method.min_channels": [0, "two", 1.5], "method.groups": ["all"], "method.bogus": [1],
+    "method.slots": [["nope"], 5], "stages.learn.bogus": [1], "stages.finetune.train.epochs": [0, float("nan")],
+    "stages.finetune.optim.lr": [-1], "stages.bogus": [1], "stages.pretrain.init_from": ["/no/such.pt"],
+}
+
+
+def _field_keys() -> dict:
+    """Every key of the config dataclasses with its type."""
+    hints_of = {}
+
+    def walk(cls, prefix):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            t = hints[f.name]
+            if dataclasses.is_dataclass(t):
+                walk(t, f"{prefix}{f.name}.")
+            else:
+                hints_of[f"{prefix}{f.name}"] = t
+
+    walk(Config, "")
+    return hints_of
+
+
+FIELDS = _field_keys()
+
+
+def _hostile_cases() -> list[tuple[str, str, object]]:
+    cases = []
+    for key, t in FIELDS.items():
+        if key in ("method", "budget", "stages"):
+            continue
+        base = [a for a in typing.get_args(t) if a is not type(None)] or [t]
+        if base[0] in (int, float):
+            cases += [("train", key, v) for v in NUMERIC_HOSTILE + OUT_OF_RANGE.get(key, [])]
+        elif base[0] is bool:
+            cases += [("train", key, v) for v in ("maybe", 2, [True], {"a": 1})]
+        for v in STRING_HOSTILE.get(key, []) + OTHER_HOSTILE.get(key, []):
+            cases.append(("train", key, v))
+    cases += [("train", k, v) for k, vs in OTHER_HOSTILE.items() if k not in FIELDS for v in vs]
+    cases += [("prune", k, v) for k, vs in PRUNE_HOSTILE.items() for v in vs]
+    return cases
+
+
+CASES = _hostile_cases()
+
+
+def test_the_campaign_covers_every_config_key():
+    covered = {k for _, k, _ in CASES}
+    missing = [k for k in FIELDS if k not in covered and k not in ("method", "budget", "stages")]
+    assert not missing, f"config keys without hostile values: {missing}"
+    assert len(CASES) > 250
+
+
+def _as_set(key, value) -> str:
+    return f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
+
+
+def _check_hostile(case, also, tmp_path, capsys, monkeypatch):
+    command, key, value = case
+    monkeypatch.chdir(tmp_path)
+    work = tmp_path / f"w{COUNTS['drawn']}"
+    work.mkdir()
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    config = "resnet20" if command == "train" else "resnet20_l1"
+    argv = [command, config, "--scale", "ci", "--out", str(work / "run"), "--set", _as_set(key, value)]
+    other = also.split("=")[0] if also else None
+    if other and not (other == key or other.startswith(key + ".") or key.startswith(other + ".")):
+        argv += ["--set", also]
+    COUNTS["drawn"] += 1
+    rc, err = run_cli(argv, capsys)
+    assert rc == 2, f"{argv} exited {rc}: {err}"
+    assert len([e for e in err if not e.startswith("prunelab: warning:")]) == 1, err
+    assert err[-1].startswith(("prunelab: error:", "usage:")) or "error" in err[-1], err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before, f"{argv} left files behind"
+    COUNTS["clean_errors"] += 1
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c}-{k}={v!r}"[:60] for c, k, v in CASES])
+def test_every_hostile_value_gives_one_line_and_exit_2(case, tmp_path, capsys, monkeypatch):
+    _check_hostile(case, None, tmp_path, capsys, monkeypatch)
+
+
+@settings(max_examples=int(os.environ.get("PRUNELAB_CAMPAIGN_EXAMPLES", "100")), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(case=st.sampled_from(CASES), also=st.sampled_from(["train.epochs=1", "data.batch_size=50", "optim.lr=0.05",
+                                                          "model.kwargs.width=8", "train.seed=3"]))
+def test_hostile_values_beside_valid_settings(case, also, tmp_path, capsys, monkeypatch):
+    """The same hostile values drawn together with a valid setting (the error still names the bad one)."""
+    _check_hostile(case, also, tmp_path, capsys, monkeypatch)
+
+
+def test_conflicting_sets_and_bad_yaml_files(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cases = [["train", "resnet20", "--scale", "ci", "--set", "train.epochs=3", "--set", "train.epochs=4"],
+             ["train", "resnet20", "--scale", "ci", "--set", "train={epochs: 3}", "--set", "train.epochs=4"],
+             ["train", "resnet20", "--scale", "ci", "--set", "=3"], ["train", "resnet20", "--set", "train.epochs"]]
+    files = {"dup.yaml": b"name: a\nname: b\n", "binary.yaml": bytes(range(256)) * 4, "tag.yaml":
+             b"name: !!python/object/apply:os.system ['touch pwned']\n", "list.yaml": b"- 1\n- 2\n",
+             "bad.yaml": b"name: [unclosed\n", "scales.yaml": b"name: x\nscales: {ci: {train: {epochs: 1}}}\n"}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        cases.append(["train", str(tmp_path / name), "--scale", "paper" if name == "scales.yaml" else "ci",
+                      "--out", str(tmp_path / "run")])
+    for argv in cases:
+        rc, err = run_cli(argv, capsys)
+        assert rc == 2 and len(err) == 1 and err[0].startswith("prunelab: error:"), (argv, err)
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "run").exists()
+
+
+# -- 2. corrupted files of a finished run directory ----------------------------------------------
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    from prunelab.config import load_config
+    from prunelab.workflows import run_pipeline
+
+    out = tmp_path_factory.mktemp("finished") / "run"
+    cfg = load_config("resnet20_l1", "ci", overrides={"train": {"progress": False}})
+    run_pipeline(cfg, out, quiet=True)
+    return out
+
+
+def _corrupt(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    if how == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "empty":
+        path.write_bytes(b"")
+    elif how == "garble":
+        path.write_bytes(hashlib.sha256(data).digest() * (1 + len(data) // 32))
+    elif how == "wrong_type":
+        if path.suffix == ".pt":
+            torch.save([1, 2, 3], path)
+        elif path.suffix == ".npy":
+            path.write_bytes(b"not an array")
+        else:
+            path.write_text('["a list", 1]\n' if path.suffix in (".json", ".jsonl") else "- a\n- list\n")
+    elif how == "python_tag":
+        path.write_text("model: !!python/object/apply:os.system ['touch PWNED']\n")
+
+
+RUN_FILES = ["config.yaml", "result.json", "pipeline.json", "metrics.jsonl", "structure.json", "pretrain.pt",
+             "compact/plan.json", "compact/weights.pt", "pruned/plan.json", "pruned/weights.pt",
+             "checkpoint-pretrain.pt", "checkpoint-finetune.pt"]
+
+
+def test_the_corruption_campaign_covers_every_file(finished_run):
+    files = set(tree(finished_run))
+    assert set(RUN_FILES) <= files, sorted(files)
+    assert not [f for f in files if f not in RUN_FILES and not f.startswith("arrays/")], sorted(files)
+
+
+CORRUPTIONS = ["truncate", "empty", "garble", "wrong_type", "python_tag"]
+
+
+def _check_commands(run: Path, name: str, label: str, tmp_path: Path, capsys) -> None:
+    """info, eval and compact on a run whose file ``name`` was damaged: 0 or (2 and one line), and
+    every file that was not damaged is unchanged afterwards."""
+    untouched = {k: v for k, v in tree(run).items() if k != name}
+    for command in ("info", "eval", "compact"):
+        out = tmp_path / f"compact-{COUNTS['files_drawn']}"
+        argv = [command, str(run)] + (["--out", str(out)] if command == "compact" else [])
+        COUNTS["files_drawn"] += 1
+        rc, err = run_cli(argv, capsys)
+        assert rc in (0, 2), (argv, label, rc, err)
+        if rc == 2:
+            assert len(err) == 1 and err[0].startswith("prunelab: error:"), (command, label, err)
+            COUNTS["files_clean_errors"] += 1
+        else:
+            COUNTS["files_ok"] += 1
+        after = tree(run)
+        assert all(after.get(k) == v for k, v in untouched.items()), f"{command} changed an undamaged file ({label})"
+    assert not (tmp_path / "PWNED").exists() and not Path("PWNED").exists()
+
+
+@pytest.mark.parametrize("how", CORRUPTIONS)
+@pytest.mark.parametrize("name", RUN_FILES)
+def test_every_corrupted_run_file_gives_one_line_and_loses_nothing(finished_run, name, how, tmp_path, capsys,
+                                                                   monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    _corrupt(run / name, how)
+    _check_commands(run, name, f"{name} {how}", tmp_path, capsys)
+
+
+@settings(max_examples=int(os.environ.get("PRUNELAB_CAMPAIGN_EXAMPLES_FILES", "25")), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(name=st.sampled_from(RUN_FILES), where=st.floats(0, 1), junk=st.binary(min_size=1, max_size=64))
+def test_random_bytes_in_a_run_file(finished_run, name, where, junk, tmp_path, capsys, monkeypatch):
+    """Drawn garbage written over a drawn place of a drawn file."""
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / f"run{COUNTS['files_drawn']}"
+    shutil.copytree(finished_run, run)
+    data = bytearray((run / name).read_bytes())
+    at = int(where * max(len(data) - 1, 0))
+    data[at:at + len(junk)] = junk
+    (run / name).write_bytes(bytes(data))
+    _check_commands(run, name, f"{name} bytes {at}", tmp_path, capsys)
+
+
+# -- 3. a full disk and a read-only folder -------------------------------------------------------
+
+def _mount(target: Path, options: str) -> str | None:
+    """Mount a tmpfs with ``options`` at ``target``; the reason when this machine does not allow it."""
+    if shutil.which("mount") is None:
+        return "no mount command on this machine"
+    target.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)], capture_output=True, text=True)
+    return None if r.returncode == 0 else f"cannot mount a tmpfs here ({r.stderr.strip() or r.returncode})"
+
+
+def _umount(target: Path) -> None:
+    subprocess.run(["umount", str(target)], capture_output=True)
+
+
+def test_a_full_disk_gives_one_line_and_the_run_resumes(tmp_path, capsys, monkeypatch):
+    small = tmp_path / "small"
+    why = _mount(small, "size=1600k")
+    if why:
+        pytest.skip(f"disk-full case needs a small tmpfs: {why}")
+    try:
+        monkeypatch.chdir(tmp_path)
+        argv = ["train", "resnet20", "--scale", "ci", "--out", str(small / "run"), "--set", "train.progress=false"]
+        rc, err = run_cli(argv, capsys)
+        assert rc == 2 and len(err) == 1 and "disk is full" in err[0] and "--resume" in err[0], err
+        files = {p.name for p in (small / "run").iterdir()}
+        assert not any(n.startswith(".") and n.endswith(".tmp") for n in files), files  # no half-written file
+        COUNTS["disk_full_clean"] += 1
+        subprocess.run(["mount", "-o", "remount,size=64m", str(small)], check=True)
+        rc, err = run_cli(argv + ["--resume"], capsys)
+        assert rc == 0, err
+        assert (small / "run" / "result.json").exists()
+    finally:
+        _umount(small)
+
+
+def test_a_read_only_folder_gives_one_line(tmp_path, capsys, monkeypatch):
+    ro = tmp_path / "ro"
+    why = _mount(ro, "ro,size=1m")
+    if why:
+        pytest.skip(f"read-only case needs a read-only tmpfs: {why}")
+    try:
+        monkeypatch.chdir(tmp_path)
+        rc, err = run_cli(["train", "resnet20", "--scale", "ci", "--out", str(ro / "run")], capsys)
+        assert rc == 2 and len(err) == 1 and "read-only" in err[0], err
+        COUNTS["read_only_clean"] += 1
+    finally:
+        _umount(ro)
+
+
+# -- 4. runs that would go wrong silently ----------------------------------------------------------
+
+def test_a_diverging_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path):
+    from prunelab.config import load_config
+    from prunelab.errors import TrainingDivergedError
+    from prunelab.hooks import Hook
+    from prunelab.train.rundir import RunDir
+    from prunelab.train.run import build_loaders
+    from prunelab import models
+    from prunelab.train.trainer import Trainer
+
+    class BlowUp(Hook):
+        """A loss term that turns NaN at step 8 (epoch 2 of 5-step epochs)."""
+
+        def loss_terms(self, trainer, batch):
+            return {"blow": torch.tensor(float("nan") if trainer.global_step == 7 else 0.0)}
+
+        def divergence_hint(self):
+            return "method.lambda=1"
+
+    cfg = load_config("resnet20", "ci", overrides={"train": {"epochs": 3, "progress": False}})
+    tl, ev = build_loaders(cfg.data, "cpu", seed=0)
+    with RunDir(tmp_path / "run") as run:
+        tr = Trainer(models.create("resnet20"), tl, ev, train_cfg=cfg.train, optim_cfg=cfg.optim,
+                     schedule_cfg=cfg.schedule, run=run, device="cpu", hooks=[BlowUp()])
+        with pytest.raises(TrainingDivergedError) as e:
+            tr.fit()
+    msg = str(e.value)
+    assert "NaN or infinite" in msg and "optim.lr" in msg and "method.lambda" in msg and "\n" not in msg
+    ck = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert ck["epoch"] == 1 and all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+    assert not (tmp_path / "run" / "result.json").exists()
+
+
+def test_result_files_are_always_valid_json(tmp_path):
+    from prunelab.utils import write_json
+
+    write_json(tmp_path / "r.json", {"a": float("nan"), "b": [float("inf"), 1.0], "c": {"d": -float("inf")}})
+    assert json.loads((tmp_path / "r.json").read_text(), parse_constant=lambda c: pytest.fail(c)) == \
+        {"a": None, "b": [None, 1.0], "c": {"d": None}}
+
+
+def test_an_unmet_budget_is_a_console_warning(tmp_path, capsys):
+    from prunelab.config import load_config
+    from prunelab.workflows import run_pipeline
+
+    cfg = load_config("resnet20_l1", "ci", overrides={"train": {"progress": False}, "method": {"min_channels": 16},
+                                                      "budget": {"keep": 0.3}, "stages": {"finetune": {"enabled": False}}})
+    res = run_pipeline(cfg, tmp_path / "run", quiet=True)
+    err = capsys.readouterr().err
+    assert "did not meet the budget" in err and res["budget_report"]["achieved"] > res["budget_report"]["target"]
+
+
+def test_training_a_pruning_config_warns_that_its_method_is_ignored(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc, err = run_cli(["train", "resnet20_l1", "--scale", "ci", "--out", str(tmp_path / "run"),
+                       "--set", "train.epochs=1", "--set", "train.progress=false"], capsys)
+    assert rc == 0 and any("prunelab prune resnet20_l1" in e and "ignores" in e for e in err), err
+
+
+def test_the_python_api_raises_the_package_errors():
+    from prunelab.errors import ConfigError
+    from prunelab.pruning.budget import Budget
+
+    for bad in (("speed", 0.5), ("macs", 0.0), ("macs", float("nan")), ("macs", 1.5), ("macs", True)):
+        with pytest.raises(ConfigError):
+            Budget(*bad)
