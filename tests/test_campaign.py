@@ -404,3 +404,17 @@ def test_the_python_api_raises_the_package_errors():
     for bad in (("speed", 0.5), ("macs", 0.0), ("macs", float("nan")), ("macs", 1.5), ("macs", True)):
         with pytest.raises(ConfigError):
             Budget(*bad)
+
+
+@pytest.mark.parametrize("name", ["pipeline.json", "config.yaml", "pruned/plan.json", "compact/weights.pt"])
+@pytest.mark.parametrize("how", ["garble", "wrong_type"])
+def test_resuming_a_damaged_run_gives_one_line(finished_run, name, how, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    _corrupt(run / name, how)
+    rc, err = run_cli(["prune", "resnet20_l1", "--scale", "ci", "--out", str(run), "--resume",
+                       "--set", "train.progress=false"], capsys)
+    COUNTS["resume_drawn"] += 1
+    assert rc == 2 and len(err) == 1 and err[0].startswith("prunelab: error:"), (name, how, rc, err)
+    COUNTS["resume_clean_errors"] += 1

@@ -67,7 +67,15 @@ def check_resume_config(run: RunDir, cfg: Config) -> None:
     p = run.file("config.yaml")
     if not run.resumed or not p.exists():
         return
-    old = yaml.safe_load(p.read_text()) or {}
+    from ..config import safe_load_yaml
+
+    try:
+        old = safe_load_yaml(p.read_bytes().decode("utf-8"), str(p)) or {}
+    except (UnicodeDecodeError, ConfigError):
+        old = None
+    if not isinstance(old, dict):
+        raise RunDirError(f"cannot resume {run.path}: its config.yaml is damaged; restore it, or start over with "
+                          f"--force / another --out")
     new = yaml.safe_load(dump_yaml(cfg))
     diffs = []
 

@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from .. import models
 from ..config import Config, build, deep_merge
-from ..errors import ConfigError
+from ..errors import ConfigError, RunDirError
 from ..methods import Method
 from ..pruning.budget import Budget
 from ..pruning.gates import GatedModel, strip_gates
@@ -30,7 +30,8 @@ from ..train.distributed import DistInfo
 from ..train.rundir import RunDir
 from ..train.run import build_loaders
 from ..train.trainer import Trainer, evaluate, load_weights, weights_payload
-from ..utils import read_json, write_json
+from ..runfiles import read_record
+from ..utils import write_json
 
 STAGES = ("pretrain", "learn", "prune", "finetune")
 STAGE_KEYS = {"train", "optim", "schedule", "data", "enabled", "init_from", "reinit", "kd"}
@@ -64,7 +65,9 @@ class StageLog:
     def __init__(self, run: RunDir):
         self.run = run
         p = run.file("pipeline.json")
-        self.data = read_json(p) if run.resumed and p.exists() else {"done": []}
+        self.data = read_record(p, "pipeline") if run.resumed and p.exists() else {"done": []}
+        if not isinstance(self.data.get("done"), list):
+            raise RunDirError(f"{p} is damaged (no list of finished stages); restore it or start over with --force")
 
     def done(self, stage) -> bool:
         return stage in self.data["done"]
