@@ -32,8 +32,7 @@ from ..pruning.result import SelectReport
 from ..pruning.structure import Structure, clean, ensure_connected
 from ..train.distill import Distillation
 from . import register
-from .base import Method
-from .lzr import HardConcreteOptions, L0Regularization, hard_concrete_gated, hc_sparsity
+from .lzr import HardConcreteMethod, HardConcreteOptions, hc_sparsity
 from .options import Literal, dataclass
 
 # -- the budget schedule and the barrier (closed form, numpy) ----------------------------------------
@@ -143,10 +142,9 @@ class BarOptions(HardConcreteOptions):
 
 
 @register("bar")
-class BudgetAwareRegularization(Method):
+class BudgetAwareRegularization(HardConcreteMethod):
     learns = True
     Options = BarOptions
-    slot_set = "outputs"
     budget_tolerance = None  # the barrier reaches the budget by training; selection keeps gate > 0
 
     def __init__(self, **options):
@@ -158,7 +156,7 @@ class BudgetAwareRegularization(Method):
     # -- gates -------------------------------------------------------------------------------------
     def attach(self, net):
         self._model_kwargs = dict(getattr(net, "prunelab_kwargs", {}))
-        return hard_concrete_gated(self, net)
+        return super().attach(net)
 
     def prepare(self, spec, budget):
         super().prepare(spec, budget)
@@ -262,18 +260,6 @@ class BudgetAwareRegularization(Method):
                  "barrier_overshoots": self.overshoots}
         rule = "deterministic gate > 0, dead branches removed" if self.options.clean else "gate > 0"
         return s, SelectReport(rule, metric, budget.keep * ref if budget else None, achieved, s.counts(), extra)
-
-    def kept_values(self, model, structure):
-        if self.options.post_prune_scale == "zhat":
-            from .lzr import zhat_values
-
-            return zhat_values(model, structure)
-        return super().kept_values(model, structure)
-
-    def hard_prune(self, model, structure):
-        if self.options.post_prune_scale == "zhat":
-            return L0Regularization(post_prune_scale="zhat").hard_prune(model, structure)
-        return super().hard_prune(model, structure)
 
     def finetune_hooks(self):
         kd = self._teacher()

@@ -94,11 +94,33 @@ def zhat_values(model, structure) -> dict:
             for n, g in model.items()}
 
 
+class HardConcreteMethod(Method):
+    """Shared by ``lzr`` and ``bar``: Hard Concrete gates on every conv output, and what kept maps
+    are multiplied by after hard pruning (``post_prune_scale``: 1, or the frozen gate value ẑ)."""
+
+    Options = HardConcreteOptions
+    slot_set = "outputs"
+
+    def attach(self, net):
+        return hard_concrete_gated(self, net)
+
+    def kept_values(self, model, structure):
+        if self.options.post_prune_scale == "zhat":
+            return zhat_values(model, structure)
+        return super().kept_values(model, structure)
+
+    def hard_prune(self, model, structure):
+        if self.options.post_prune_scale == "zhat":
+            gates = {n: FixedGate(v.to(g.values().device)) for (n, g), v in
+                     zip(model.items(), zhat_values(model, structure).values())}
+            return compact(GatedModel(model.net, gates, model.spec), structure)
+        return compact(model.net, structure)
+
+
 @register("lzr")
-class L0Regularization(Method):
+class L0Regularization(HardConcreteMethod):
     learns = True
     Options = LzrOptions
-    slot_set = "outputs"
     budget_tolerance = None  # threshold selection: the cost is what lambda reached (L2)
     needs_budget = False  # sweep lambda instead (L2); select: budget needs one
 
@@ -107,9 +129,6 @@ class L0Regularization(Method):
         if self.options.select == "budget":  # the budget solver's global ranking meets it
             self.budget_tolerance = Method.budget_tolerance
             self.needs_budget = True
-
-    def attach(self, net):
-        return hard_concrete_gated(self, net)
 
     def param_groups(self, trainer):
         gates = [g.log_alpha for _, g in trainer.model.items()]
@@ -144,15 +163,3 @@ class L0Regularization(Method):
         target = budget.keep * measure(spec, Structure.full(spec, names=[]), metric) if budget is not None else None
         return s, SelectReport("deterministic gate > 0 (log alpha > -2.398)", metric, target, achieved, s.counts(),
                                {"revived": s.meta.get("revived", [])})
-
-    def kept_values(self, model, structure):
-        if self.options.post_prune_scale == "zhat":
-            return zhat_values(model, structure)
-        return super().kept_values(model, structure)
-
-    def hard_prune(self, model, structure):
-        if self.options.post_prune_scale == "zhat":
-            gates = {n: FixedGate(v.to(g.values().device)) for (n, g), v in
-                     zip(model.items(), zhat_values(model, structure).values())}
-            return compact(GatedModel(model.net, gates, model.spec), structure)
-        return compact(model.net, structure)
