@@ -146,6 +146,12 @@ class _TorchFormat:
         return torch.broadcast_to(self.tensor(v), self.shape)
 
 
+def _widen(a: np.ndarray) -> np.ndarray:
+    if a.dtype.kind in "iub":
+        return a.astype(np.int64)
+    return a.astype(np.float64) if a.dtype.kind == "f" else a
+
+
 class _Widths:
     """Alive widths of gated tensors and of unions of them (exact sets or prefix counts)."""
 
@@ -160,7 +166,8 @@ class _Widths:
         if self.fmt.active:
             self.counts = {k: self.fmt.tensor(v) for k, v in widths.items()}
         else:
-            self.counts = {k: np.asarray(v) for k, v in widths.items()}
+            # small integer dtypes (int16 logs of per-instance widths) would overflow in the products
+            self.counts = {k: _widen(np.asarray(v)) for k, v in widths.items()}
         self.union_mode = union
         self.tau = union_temperature
         self._cache: dict = {}

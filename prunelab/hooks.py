@@ -55,6 +55,12 @@ class Hook:
     def after_step(self, trainer: "Trainer", batch: "Batch") -> None:
         """Called after each optimiser step (e.g. clamp gates, update a budget)."""
 
+    def eval_batch(self, trainer: "Trainer", split: str, batch: "Batch") -> None:
+        """Called on every batch of the per-epoch evaluations (split ``"test"``, ``"val"``) with its
+        logits and per-sample CE, when the hook sets ``wants_eval_batches`` (per-instance statistics)."""
+
+    wants_eval_batches = False
+
     def end_epoch(self, trainer: "Trainer", epoch: int) -> dict:
         """Called after each epoch's evaluation; returned scalars are logged."""
         return {}

@@ -17,7 +17,8 @@ import torch
 from prunelab import methods, models
 from prunelab.config import TrainConfig
 from prunelab.pruning.budget import Budget
-from prunelab.pruning.result import KINDS, SelectReport, StaticResult, load_result
+from prunelab.pruning.gates import FixedGate, GatedModel
+from prunelab.pruning.result import KINDS, DynamicResult, SelectReport, StaticResult, load_result
 from prunelab.train.trainer import Trainer
 
 BUDGET = Budget("macs", 0.5)
@@ -104,6 +105,9 @@ def test_method_contract(name, tmp_path):
         assert (rep.target - rep.achieved) / rep.target <= m.budget_tolerance, (rep.achieved, rep.target)
         assert getattr(cost, rep.metric) == pytest.approx(rep.achieved)
         assert cost.macs < models_cost(spec).macs  # something was pruned
+    elif result.kind == "dynamic":  # a distribution over inputs, measured on a loader
+        assert rep.achieved is None and cost.per_instance is not None
+        assert cost.per_instance["macs"].shape == (16,) and cost.macs <= models_cost(spec).macs
     else:  # reached by training: the report still says what was reached
         assert rep.achieved == pytest.approx(getattr(cost, rep.metric))
 
@@ -117,7 +121,17 @@ def test_method_contract(name, tmp_path):
     assert again.kind == result.kind and again.report.to_dict() == flat
     with torch.no_grad():
         torch.testing.assert_close(again.module.eval()(x), out, rtol=1e-5, atol=1e-5)
-    # the pruned module computes what the masked model computes (eval mode)
+    # the pruned module computes what the masked model computes (eval mode); a dynamic one, input by
+    # input, what the dense network computes with that input's masks
+    if isinstance(result, DynamicResult):
+        with torch.no_grad():
+            module(x)
+            masks = {n: g.values().detach().clone() for n, g in module.items()}
+            for i in range(len(x)):
+                net = small_net()
+                net.load_state_dict(module.net.state_dict())
+                ref = GatedModel(net, {n: FixedGate(v[i]) for n, v in masks.items()}, spec, fuse_bn=False).eval()
+                torch.testing.assert_close(ref(x[i:i + 1]), out[i:i + 1], rtol=1e-4, atol=1e-4)
     if isinstance(result, StaticResult):
         masked = m.masked(model, result.structure).eval()
         with torch.no_grad():

@@ -61,7 +61,7 @@ def experiments() -> dict:
     import importlib
 
     out = {}
-    for name in ("bar", "pfs", "quickstart"):
+    for name in ("bar", "pfs", "quickstart", "manidp"):
         mod = importlib.import_module(f".{name}_study", __name__)
         out[name] = mod.run
     return out
@@ -75,8 +75,8 @@ def run(name: str, scale: str, out=None, *, parts=None, quiet: bool = False, res
     if name not in exps:
         raise UnknownNameError("experiment", name, exps)
     kw = {"collect": True} if collect else {}
-    if collect and name not in ("bar", "pfs"):
-        raise ConfigError(f"--collect is supported by the bar and pfs studies, not {name!r}")
+    if collect and name not in ("bar", "pfs", "manidp"):
+        raise ConfigError(f"--collect is supported by the bar, pfs and manidp studies, not {name!r}")
     return exps[name](scale, out, parts=parts, quiet=quiet, results=results, **kw)
 
 

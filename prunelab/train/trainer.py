@@ -302,8 +302,14 @@ class Trainer:
         record.update({k[5:]: v / n for k, v in s.items() if k.startswith("term_")})
         self.last_eval = {}
         if (self.epoch + 1) % self.cfg.eval_every == 0 or self.epoch + 1 == self.cfg.epochs:
+            watchers = [h for h in self.hooks if h.wants_eval_batches]
             for name, loader in self.eval_loaders.items():
-                r = self.evaluate(loader)
+                collect = None
+                if watchers:
+                    def collect(b, name=name):
+                        for h in watchers:
+                            h.eval_batch(self, name, b)
+                r = self.evaluate(loader, collect=collect)
                 self.last_eval[name] = r
                 record[f"{name}_acc"], record[f"{name}_loss"] = r["acc"], r["loss"]
         for h in self.hooks:

@@ -199,3 +199,71 @@ class StructureExplorer(_FigureWidget):
         ax.legend(fontsize=7)
         r = np.corrcoef(a, b)[0, 1] if a.std() > 0 and b.std() > 0 else float("nan")
         return f"Pearson r between the two structures (channel counts): {r:.3f}; channels kept {int(a.sum())} vs {int(b.sum())}"
+
+
+class InstanceExplorer(_FigureWidget):
+    """ManiDP: pick a test image by index, or by its place in the cost ranking, and see the image, its
+    kept channels per layer and its sub-network's MACs."""
+
+    figsize = (9.0, 3.4)
+
+    def __init__(self, images, kept, macs, labels, correct, channels, layers, dense_macs: float, scale: str):
+        self.images, self.kept, self.macs = images, kept, macs
+        self.labels, self.correct, self.channels, self.layers = labels, correct, channels, layers
+        self.dense_macs, self.scale = dense_macs, scale
+        self.order = np.lexsort((np.arange(len(macs)), macs))
+        self.by = W.ToggleButtons(options=["cost rank", "test index"], value="cost rank", description="pick by")
+        self.pick = W.IntSlider(value=0, min=0, max=len(macs) - 1, description="position", continuous_update=False)
+        super().__init__([self.by, self.pick])
+        self.update()
+
+    def position(self) -> int:
+        return int(self.order[self.pick.value]) if self.by.value == "cost rank" else int(self.pick.value)
+
+    def draw(self, ax):
+        from .manidp import CLASSES, plot_kept_channels, to_image
+
+        i = self.position()
+        fig = ax.figure
+        ax.set_position([0.30, 0.25, 0.68, 0.6])
+        img = fig.add_axes([0.02, 0.25, 0.22, 0.6])
+        img.imshow(to_image(self.images[i]))
+        img.set_xticks([]), img.set_yticks([])
+        img.set_title(CLASSES[int(self.labels[i])] + (" (correct)" if self.correct[i] else " (wrong)"), fontsize=9)
+        plot_kept_channels(self.kept[i], self.channels, self.layers, ax=ax, scale=self.scale,
+                           title=f"test image {i}: {self.macs[i] / 1e6:.2f} M MACs")
+        rank = int(np.flatnonzero(self.order == i)[0])
+        return (f"test image {i}: {self.macs[i] / 1e6:.2f} M MACs ({100 * self.macs[i] / self.dense_macs:.1f}% of "
+                f"dense), cost rank {rank + 1} of {len(self.macs)}")
+
+
+class SimilarityExplorer(_FigureWidget):
+    """ManiDP: R^l and T^l of one layer, without or with the similarity loss (supplement Fig. S2)."""
+
+    figsize = (9.0, 4.0)
+
+    def __init__(self, sims: dict, labels, layers, scale: str):
+        from ..analysis.manidp import agreement
+
+        self.sims, self.labels, self.layers, self.scale = sims, labels, layers, scale
+        self._agreement = agreement
+        self.layer = W.Dropdown(options=list(layers), value=layers[len(layers) // 2], description="layer")
+        self.variant = W.ToggleButtons(options=[("without L_sim", "without_sim"), ("with L_sim", "with_sim")],
+                                       value="with_sim", description="run")
+        super().__init__([self.layer, self.variant])
+        self.update()
+
+    def draw(self, ax):
+        from .manidp import plot_similarity
+
+        j = list(self.layers).index(self.layer.value)
+        m = self.sims[self.variant.value][j]
+        fig = ax.figure
+        ax.set_position([0.05, 0.12, 0.4, 0.7])
+        ax2 = fig.add_axes([0.55, 0.12, 0.4, 0.7])
+        plot_similarity(m[0], self.labels, ax=ax, scale=self.scale, title=f"R (features) {self.layer.value}", cbar=False)
+        plot_similarity(m[1], self.labels, ax=ax2, scale=self.scale, title=f"T (saliencies) {self.layer.value}",
+                        cbar=False)
+        a = self._agreement(m[0].astype(np.float64), m[1].astype(np.float64))
+        return f"{self.layer.value}, {self.variant.label}: Pearson r of R and T off the diagonal {a['pearson']:.3f}, " \
+               f"mean (R - T)^2 = {a['loss']:.4f}"

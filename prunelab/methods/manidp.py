@@ -1,0 +1,468 @@
+"""``manidp``: Manifold Regularized Dynamic Network Pruning (Tang et al., CVPR 2021; docs/decisions.md §1).
+
+Dynamic: every input gets its own channel mask. One saliency predictor per masked layer (both convs
+of every residual block: the ``mid`` and ``delta`` tensors) reads the conv's input h:
+
+    pi(x) = min(ReLU(W2 ReLU(W1 GAP(h)) + b2), 1000),   W1: (C/q) x C_in without bias, b2 initialised to 1
+
+(q = 1 below 80 channels, else 2), and the mask is ``m = pi * 1[pi >= theta_l]``: hard support, soft
+values, the same in training and at test time (kept channels stay scaled by pi; no straight-through
+estimator). The objective (methods' shared trainer adds the CE):
+
+    L = CE + lambda' * sum_l mean_i w_i mean_c pi_c^l(x_i) + lambda_sim * sum_l mean_ij (R^l_ij - T^l_ij)^2
+
+* complexity weight ``w_i = 1[CE_i < C] ((C - CE_i) / C)^gamma`` in [0, 1] (supplement §1: lambda(x_i) =
+  lambda' w_i); CE_i is the current forward pass's per-sample CE; ``C = kappa x`` the previous epoch's
+  mean training CE, and before epoch 0 one pass over the training set in eval mode. Detached by
+  default; ``detach_complexity_weight: false`` follows the official code (M1);
+* the similarity loss compares R^l = cos(z_i, z_j) of the pooled pre-mask features of the conv pi^l
+  controls with T^l = cos(pi_i, pi_j) of the un-thresholded saliencies, over the whole batch (§1.4);
+* thresholds: the remain rate ``r(e) = (1 + r*)/2 + (1 - r*)/2 cos(pi (e + 1) / E)`` falls to r* at the
+  last epoch; at the end of epoch e >= 1, theta_l becomes the ceil(r(e) C_l)-th largest dataset-mean
+  saliency of that epoch (so epochs 0 and 1 are unpruned); the update after the last epoch is not
+  made, so evaluation uses the thresholds the last epoch trained with (M3).
+
+Predictors take no weight decay. The result is a :class:`~prunelab.pruning.result.DynamicResult`: its cost
+is a distribution over inputs (per-instance MACs, with the predictors' MACs reported beside them, M5).
+The run directory gets compact arrays (``arrays/manidp_*.npy``): per epoch C and w_i (float16) of every
+training instance, the pretrained network's per-instance CE, R and T on a fixed seeded batch of 128
+test images at the start, middle and end, and for every test image and layer its kept-channel count
+(int16) with its CE, correctness and label.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..counting import count
+from ..errors import ConfigError
+from ..hooks import ParamGroup
+from ..pruning.gates import GatedModel, PerInstanceGate, attach_gates, strip_gates
+from ..pruning.result import DynamicResult, SelectReport
+from . import register
+from .base import Method
+from .options import Literal, MethodOptions, dataclass, field
+
+SIMILARITY_BATCH = 128  # test images on which R^l and T^l are logged (seeded, fixed)
+
+
+class SaliencyPredictor(nn.Module):
+    """GAP -> FC (no bias) -> ReLU -> FC (bias = 1) -> ReLU -> min(., 1000): one saliency per channel.
+
+    ``init="zero"`` (default) starts the second FC at zero weights, so every saliency is exactly 1 and
+    the pretrained network's function is unchanged at the start; ``"kaiming"`` draws both FCs
+    Kaiming-normal as the official code does (M11 in docs/decisions.md: on a pretrained CIFAR ResNet
+    that spread compounds through the eval-mode network and its outputs explode).
+    """
+
+    def __init__(self, c_in: int, c_out: int, init: str = "zero"):
+        super().__init__()
+        hidden = max(1, c_out // (1 if c_out < 80 else 2))
+        self.fc1 = nn.Linear(c_in, hidden, bias=False)
+        self.fc2 = nn.Linear(hidden, c_out)
+        nn.init.kaiming_normal_(self.fc1.weight)
+        if init == "kaiming":
+            nn.init.kaiming_normal_(self.fc2.weight)
+        else:
+            nn.init.zeros_(self.fc2.weight)
+        nn.init.ones_(self.fc2.bias)  # every channel starts with saliency about 1
+
+    def forward(self, h):
+        return torch.clamp(F.relu(self.fc2(F.relu(self.fc1(h.mean((2, 3)))))), max=1000.0)
+
+    def macs(self) -> int:
+        return self.fc1.in_features * self.fc1.out_features + self.fc2.in_features * self.fc2.out_features \
+            + self.fc2.out_features
+
+
+class ManiDPGate(PerInstanceGate):
+    """A per-instance gate that also keeps what ManiDP's losses and statistics read: the pooled
+    pre-mask feature (the descriptor of R^l), and, in training, the running sum of saliencies."""
+
+    _transient = ("_conv_input", "last_saliency", "last_mask", "last_descriptor")
+
+    def __init__(self, channels: int, predictor: nn.Module, relu_descriptor: bool):
+        super().__init__(channels, predictor, threshold=-1e4)
+        self.relu_descriptor = relu_descriptor
+        self.register_buffer("saliency_sum", torch.zeros(channels, dtype=torch.float64))
+        self.register_buffer("saliency_count", torch.zeros((), dtype=torch.float64))
+        self.last_descriptor = None
+
+    def forward(self, x, conv_input=None):
+        out = super().forward(x, conv_input)
+        # conv_a's descriptor is taken after its ReLU (the mask sits before the block's ReLU, which
+        # commutes with a non-negative mask); conv_b's before the residual addition
+        self.last_descriptor = (F.relu(x) if self.relu_descriptor else x).float().mean((2, 3))
+        if self.training:
+            with torch.no_grad():
+                self.saliency_sum += self.last_saliency.detach().double().sum(0)
+                self.saliency_count += self.last_saliency.shape[0]
+        return out
+
+
+def remain_rate(epoch: int, epochs: int, target: float) -> float:
+    """r(e) = (1 + r*)/2 + (1 - r*)/2 cos(pi (e + 1) / E): from about 1 down to r* at e = E - 1."""
+    return (1 + target) / 2 + (1 - target) / 2 * math.cos(math.pi * (epoch + 1) / epochs)
+
+
+def cosine_matrix(v: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of the rows of ``v`` (B x C); an all-zero row gives zeros (eps 1e-12)."""
+    v = F.normalize(v.float(), dim=1, eps=1e-12)
+    return v @ v.t()
+
+
+def similarity_loss(descriptor: torch.Tensor, saliency: torch.Tensor) -> torch.Tensor:
+    """(1/B^2) sum_ij (R_ij - T_ij)^2 with R from the pooled features and T from the saliencies (§1.4)."""
+    return (cosine_matrix(descriptor) - cosine_matrix(saliency)).pow(2).mean()
+
+
+def complexity_weight(ce: torch.Tensor, c: float, exponent: float = 1.0) -> torch.Tensor:
+    """w_i = 1[CE_i < C] ((C - CE_i) / C)^gamma: 1 for an input the network finds easy, 0 for a hard one."""
+    rel = ((c - ce) / c).clamp(min=0.0)
+    return torch.where(ce < c, rel.pow(exponent), torch.zeros_like(ce))
+
+
+@dataclass
+class ManiDPOptions(MethodOptions):
+    """ManiDP's options (defaults: the official ResNet-56 README, docs/decisions.md §1.7).
+
+    ``lambda`` (lambda'): weight of the sparsity term; ``lambda_sim``: weight of the similarity loss (0
+    switches it off); ``remain``: the final remain rate r*; ``kappa``: C = kappa x mean CE of the
+    previous epoch; ``complexity_exponent`` (gamma, M8); ``detach_complexity_weight`` (M1);
+    ``predictor_init``: ``zero`` or the official ``kaiming`` (M11).
+    """
+
+    lambda_: float = field(default=5e-3, metadata={"key": "lambda"})
+    lambda_sim: float = 1.0
+    remain: float = 0.6
+    kappa: float = 0.5
+    complexity_exponent: float = 1.0
+    detach_complexity_weight: bool = True
+    predictor_init: Literal["zero", "kaiming"] = "zero"
+
+    def check(self):
+        super().check()
+        if self.lambda_ < 0 or self.lambda_sim < 0:
+            raise ConfigError("manidp needs lambda >= 0 and lambda_sim >= 0")
+        if not 0 < self.remain <= 1:
+            raise ConfigError(f"manidp remain (r*) must be in (0, 1], got {self.remain}")
+        if self.kappa <= 0 or self.complexity_exponent <= 0:
+            raise ConfigError("manidp needs kappa > 0 and complexity_exponent > 0")
+
+
+@register("manidp")
+class ManifoldDynamicPruning(Method):
+    learns = True
+    Options = ManiDPOptions
+    result_kind = "dynamic"
+    budget_tolerance = None  # the remain-rate schedule sets the cost, not a budget solver
+    needs_budget = False
+    wants_eval_batches = True
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        self.c = None  # the adaptive C (None: not yet measured)
+        self.log: list[dict] = []
+        self.weights: list[np.ndarray] = []  # w_i per epoch, by training-set index
+        self.reference_ce = None  # the pretrained network's CE of every training image
+        self.similarity: dict = {}  # "start"/"middle"/"end" -> {layer: (R, T)}
+        self._epoch_ce = [0.0, 0]
+        self._w = None
+        self._test = None
+        self._eval: list = []  # per-instance statistics of the epoch's test evaluation
+
+    # -- gates -------------------------------------------------------------------------------------
+    def slots(self, spec):
+        if self.options.slots:
+            return tuple(self.options.slots)
+        if {"mid", "delta"} <= set(spec.slots()):
+            return ("mid", "delta")  # both convs of every block (§1.1)
+        return super().slots(spec)
+
+    def attach(self, net):
+        from ..models.registry import describe
+
+        spec = describe(net)
+        conv_in = {op.writes: op.in_channels for op in spec.ops if op.writes}
+        init = self.options.predictor_init
+        return attach_gates(net, lambda t: ManiDPGate(t.channels, SaliencyPredictor(conv_in[t.name], t.channels, init),
+                                                      relu_descriptor=t.slot != "delta"), self.slots(spec))
+
+    def predictor_macs(self, model: GatedModel) -> int:
+        """MACs of all saliency predictors for one input (GAP additions not counted)."""
+        return int(sum(g.predictor.macs() for _, g in model.items()))
+
+    def param_groups(self, trainer):
+        params = [p for _, g in trainer.model.items() for p in g.predictor.parameters()]
+        o = trainer.optim_cfg
+        # the predictors follow the weights' optimiser and schedule, without weight decay (§1.7)
+        return [ParamGroup("predictors", params, optimizer=o.name, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
+                           betas=tuple(o.betas), weight_decay=0.0, schedule="main")]
+
+    def divergence_hint(self) -> str:
+        return f"method.lambda={self.options.lambda_:g} or method.lambda_sim={self.options.lambda_sim:g}"
+
+    # -- the start of training: C, the reference CE, R/T at the start -----------------------------
+    @torch.no_grad()
+    def _initial_pass(self, trainer):
+        model = trainer.model
+        was = model.training
+        model.eval()
+        total, n = 0.0, 0
+        loader = trainer.train_loader
+        for x, y, _ in loader.batches(0):  # training augmentation, eval mode, unpruned (theta = -1e4)
+            ce = F.cross_entropy(model(x).float(), y, reduction="none")
+            total, n = total + float(ce.sum()), n + len(y)
+        self.c = self.options.kappa * total / max(n, 1)
+        if hasattr(loader, "images"):
+            self.reference_ce = self._reference_ce(model, loader)
+        model.train(was)
+        self._log_similarity(trainer, "start")
+
+    @torch.no_grad()
+    def _reference_ce(self, model, loader) -> np.ndarray:
+        """The pretrained network without gates, on un-augmented training images: the complexity
+        reference, independent of lambda (one value per training-set index)."""
+        bare = strip_gates(copy.deepcopy(model.net)).eval()
+        size = int(loader.indices.max()) + 1 if len(loader.indices) else 0
+        ref = np.full(size, np.nan, dtype=np.float32)
+        for i in range(0, loader.num_samples, 1000):
+            rows = slice(i, i + 1000)
+            x = loader.normalize(loader.images[rows])
+            ce = F.cross_entropy(bare(x).float(), loader.labels[rows], reduction="none")
+            ref[loader.indices[rows].cpu().numpy()] = ce.cpu().numpy()
+        return ref
+
+    def _similarity_batch(self, trainer):
+        test = trainer.eval_loaders.get("test")
+        if test is None or not hasattr(test, "images"):
+            return None
+        if self._test is None:
+            g = torch.Generator().manual_seed(0)
+            rows = torch.randperm(test.num_samples, generator=g)[:SIMILARITY_BATCH].to(test.images.device)
+            y = test.labels[rows]
+            order = torch.argsort(y.cpu() * test.num_samples + torch.arange(len(y)))  # sorted by class
+            rows = rows[order.to(rows.device)]
+            self._test = (test.normalize(test.images[rows]), test.labels[rows].cpu().numpy(),
+                          test.indices[rows].cpu().numpy())
+        return self._test
+
+    @torch.no_grad()
+    def _log_similarity(self, trainer, when: str):
+        batch = self._similarity_batch(trainer)
+        if batch is None:
+            return
+        model = trainer.model
+        was = model.training
+        model.eval()
+        model(batch[0])
+        self.similarity[when] = {n: (cosine_matrix(g.last_descriptor).cpu().numpy().astype(np.float32),
+                                     cosine_matrix(g.last_saliency).cpu().numpy().astype(np.float32))
+                                 for n, g in model.items()}
+        model.train(was)
+        if trainer.run is not None:
+            names = list(self.similarity[when])
+            trainer.run.save_array(f"manidp_similarity_{when}", np.stack(
+                [np.stack(self.similarity[when][n]) for n in names]))  # (layers, 2 [R, T], B, B)
+            trainer.run.save_array("manidp_similarity_labels", batch[1])
+            trainer.run.save_array("manidp_similarity_indices", batch[2])
+
+    # -- training ----------------------------------------------------------------------------------
+    def setup(self, trainer):
+        self._epochs = trainer.cfg.epochs
+
+    def before_forward(self, trainer, batch):
+        if self.c is None:
+            self._initial_pass(trainer)
+        if self._w is None and self.reference_ce is not None:
+            self._w = np.full(len(self.reference_ce), np.nan, dtype=np.float16)
+
+    def loss_terms(self, trainer, batch):
+        o = self.options
+        ce = batch.ce_per_sample
+        w = complexity_weight(ce.detach() if o.detach_complexity_weight else ce, self.c, o.complexity_exponent)
+        gates = [g for _, g in trainer.model.items()]
+        sparsity = sum((w * g.last_saliency.mean(1)).mean() for g in gates)
+        terms = {"sparsity": o.lambda_ * sparsity}
+        if o.lambda_sim > 0:
+            terms["similarity"] = o.lambda_sim * sum(similarity_loss(g.last_descriptor, g.last_saliency) for g in gates)
+        with torch.no_grad():
+            self._epoch_ce[0] += float(ce.detach().sum())
+            self._epoch_ce[1] += len(ce)
+            if self._w is not None:
+                self._w[batch.idx.cpu().numpy()] = w.detach().float().cpu().numpy()
+        return terms
+
+    # -- evaluation statistics ---------------------------------------------------------------------
+    def eval_batch(self, trainer, split, batch):
+        if split != "test":
+            return
+        kept = np.stack([g.alive_per_instance().sum(1).cpu().numpy() for _, g in trainer.model.items()], 1)
+        self._eval.append((kept.astype(np.int16), batch.ce_per_sample.cpu().numpy().astype(np.float32),
+                           (batch.logits.argmax(1) == batch.y).cpu().numpy(), batch.y.cpu().numpy(),
+                           batch.idx.cpu().numpy()))
+
+    def set_mode(self, trainer, training):
+        if training:  # a new training epoch: the last evaluation's statistics were consumed
+            self._eval = []
+        super().set_mode(trainer, training)
+
+    def end_epoch(self, trainer, epoch):
+        model = trainer.model
+        spec = model.spec
+        names = [n for n, _ in model.items()]
+        rec = {"manidp_C": self.c, "remain_rate": None}
+        if self._eval:
+            kept = np.concatenate([e[0] for e in self._eval])
+            widths = {n: kept[:, j] for j, n in enumerate(names)}
+            macs = np.asarray(count(spec, widths=widths).macs, dtype=np.float64)
+            rec["test_macs_mean"] = float(macs.mean())
+            rec["test_macs_reduction"] = 1 - float(macs.mean()) / count(spec).macs
+            rec["kept_ratio_mean"] = float(np.mean([kept[:, j].mean() / spec.tensor(n).channels
+                                                    for j, n in enumerate(names)]))
+            if trainer.run is not None and epoch + 1 == self._epochs:
+                trainer.run.save_array("manidp_test_kept", kept)
+                for k, name in ((1, "ce"), (2, "correct"), (3, "label"), (4, "index")):
+                    trainer.run.save_array(f"manidp_test_{name}", np.concatenate([e[k] for e in self._eval]))
+        # the adaptive C of the next epoch: kappa x this epoch's mean training CE
+        if self._epoch_ce[1]:
+            self.c = self.options.kappa * self._epoch_ce[0] / self._epoch_ce[1]
+        self._epoch_ce = [0.0, 0]
+        # thresholds for the next epoch (none after the last: evaluation keeps the trained ones)
+        if 1 <= epoch < self._epochs - 1:
+            r = remain_rate(epoch, self._epochs, self.options.remain)
+            rec["remain_rate"] = r
+            for n, g in model.items():
+                mu = g.saliency_sum / g.saliency_count.clamp(min=1)
+                k = max(1, math.ceil(r * g.channels))
+                g.threshold.fill_(float(torch.topk(mu, k).values[-1]))
+        for _, g in model.items():
+            g.saliency_sum.zero_()
+            g.saliency_count.zero_()
+        rec["thresholds"] = [float(g.threshold) for _, g in model.items()]
+        if self._w is not None:
+            self.weights.append(self._w.copy())
+            self._w[:] = np.nan
+        if epoch + 1 == self._epochs // 2 or epoch + 1 == self._epochs:
+            self._log_similarity(trainer, "end" if epoch + 1 == self._epochs else "middle")
+        self.log.append({"epoch": epoch + 1, **rec})
+        if trainer.run is not None:
+            if self.weights:
+                trainer.run.save_array("manidp_weights", np.stack(self.weights))  # (epochs, N) float16
+            if self.reference_ce is not None:
+                trainer.run.save_array("manidp_reference_ce", self.reference_ce)
+        out = {k: v for k, v in rec.items() if k != "thresholds" and v is not None}
+        out["threshold_mean"] = float(np.mean(rec["thresholds"]))
+        return out
+
+    def state_dict(self):
+        return {"c": self.c, "log": self.log, "weights": [torch.from_numpy(w.astype(np.float32)) for w in self.weights],
+                "reference_ce": None if self.reference_ce is None else torch.from_numpy(self.reference_ce),
+                "epoch_ce": list(self._epoch_ce),
+                "w": None if self._w is None else torch.from_numpy(self._w.astype(np.float32)),
+                "similarity": {k: {n: [torch.from_numpy(r), torch.from_numpy(t)] for n, (r, t) in v.items()}
+                               for k, v in self.similarity.items()}}
+
+    def load_state_dict(self, state):
+        self.c = state.get("c")
+        self.log = list(state.get("log", []))
+        self.weights = [w.numpy().astype(np.float16) for w in state.get("weights", [])]
+        ref = state.get("reference_ce")
+        self.reference_ce = None if ref is None else ref.numpy()
+        self._epoch_ce = list(state.get("epoch_ce", [0.0, 0]))
+        w = state.get("w")
+        self._w = None if w is None else w.numpy().astype(np.float16)
+        self.similarity = {k: {n: (rt[0].numpy(), rt[1].numpy()) for n, rt in v.items()}
+                           for k, v in state.get("similarity", {}).items()}
+
+    # -- the result --------------------------------------------------------------------------------
+    def finalize(self, model, spec, budget):
+        names = [n for n, _ in model.items()]
+        last = self.log[-1] if self.log else {}
+        extra = {"remain_target": self.options.remain, "thresholds": dict(zip(names, last.get("thresholds", []))),
+                 "predictor_macs": self.predictor_macs(model), "C": self.c,
+                 "dense_macs": count(spec).macs}
+        return DynamicResult(model, SelectReport("pi >= theta_l per input (dynamic)", "macs", None, None,
+                                                 {n: spec.tensor(n).channels for n in names}, extra), self.config())
+
+
+# -- real dynamic inference -----------------------------------------------------------------------
+
+
+class DynamicInference:
+    """Batch-1 inference of a trained ManiDP CIFAR ResNet that computes only each input's kept channels.
+
+    For every block: predictor a on the block input chooses the kept output channels of conv_a, whose
+    filters (and BN parameters, folded into a per-channel scale and shift) are gathered and run alone;
+    the kept maps are scaled by their saliencies; predictor b reads them (scattered into a zero vector
+    for its pooling: pruned channels contribute zeros, as in the masked network); conv_b runs with its
+    kept filters over the kept input channels only; the result is added into the residual trunk at the
+    kept positions. Equal in outputs to the masked dense computation (eval mode). Batches larger than
+    one are run image by image (each image has its own widths).
+    """
+
+    def __init__(self, gated: GatedModel):
+        from ..models.resnet_cifar import CifarResNet
+
+        net = gated.net
+        if not isinstance(net, CifarResNet) or any(isinstance(b.shortcut, nn.Sequential) or isinstance(b.shortcut, nn.Conv2d)
+                                                   for layer in net.stages for b in layer):
+            raise ConfigError("dynamic inference is implemented for CIFAR ResNets with option-A or identity "
+                              "shortcuts (ManiDP's setting)")
+        self.gated = gated
+        self.blocks = []
+        for s, layer in enumerate(net.stages, start=1):
+            for b, block in enumerate(layer):
+                ga, gb = gated.gate(f"layer{s}.{b}.mid"), gated.gate(f"layer{s}.{b}.delta")
+                self.blocks.append((block, ga, gb, _fold_bn(block.bn1), _fold_bn(block.bn2)))
+        self.stem = (net.conv1, _fold_bn(net.bn1))
+        self.net = net
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] != 1:
+            return torch.cat([self(x[i:i + 1]) for i in range(x.shape[0])])
+        conv, (scale, shift) = self.stem
+        h = F.relu(conv(x) * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1))
+        for block, ga, gb, (sa, ta), (sb, tb) in self.blocks:
+            pa = ga.predictor(h)[0]
+            ka = torch.nonzero((pa >= ga.threshold) & (pa != 0)).flatten()
+            r = block.shortcut(h)
+            if ka.numel():
+                w1 = block.conv1.weight.index_select(0, ka)
+                u = F.conv2d(h, w1, None, block.conv1.stride, block.conv1.padding)
+                u = F.relu(u * sa[ka].view(1, -1, 1, 1) + ta[ka].view(1, -1, 1, 1)) * pa[ka].view(1, -1, 1, 1)
+                pooled = torch.zeros(1, ga.channels, device=x.device, dtype=u.dtype)
+                pooled[0, ka] = u.mean((2, 3))[0]
+                pb = _predict_from_pooled(gb.predictor, pooled)[0]
+            else:  # conv_a keeps nothing: conv_b reads zeros, its output is BN_b's shift alone
+                u = None
+                pb = _predict_from_pooled(gb.predictor, torch.zeros(1, ga.channels, device=x.device, dtype=h.dtype))[0]
+            kb = torch.nonzero((pb >= gb.threshold) & (pb != 0)).flatten()
+            if kb.numel():
+                if u is not None:
+                    w2 = block.conv2.weight.index_select(0, kb).index_select(1, ka)
+                    v = F.conv2d(u, w2, None, block.conv2.stride, block.conv2.padding)
+                else:
+                    v = torch.zeros(1, kb.numel(), r.shape[2], r.shape[3], device=x.device, dtype=r.dtype)
+                v = (v * sb[kb].view(1, -1, 1, 1) + tb[kb].view(1, -1, 1, 1)) * pb[kb].view(1, -1, 1, 1)
+                r = r.index_add(1, kb, v)
+            h = F.relu(r)
+        return self.net.fc(self.net.pool(h).flatten(1))
+
+
+def _fold_bn(bn: nn.BatchNorm2d):
+    """Eval-mode BN as a per-channel scale and shift."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return scale.detach(), (bn.bias - bn.running_mean * scale).detach()
+
+
+def _predict_from_pooled(predictor: SaliencyPredictor, pooled: torch.Tensor) -> torch.Tensor:
+    """The predictor's saliencies from an already pooled input (the same formula without the GAP)."""
+    return torch.clamp(F.relu(predictor.fc2(F.relu(predictor.fc1(pooled)))), max=1000.0)
