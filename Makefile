@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(PY) bench/train_throughput.py
 	$(PY) bench/compaction_speedup.py
 	$(PY) bench/method_overhead.py
+	$(PY) bench/dynamic_inference.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -113,6 +113,8 @@ def cmd_eval(args) -> int:
 
     r = evaluate_run(args.run)
     mean = " (mean over the test images)" if r["kind"] == "dynamic" else ""
+    if "macs_with_predictors" in r:
+        mean += f", {r['macs_with_predictors'] / 1e6:.2f} M with the predictors"
     print(f"{args.run}: test accuracy {100 * r['acc']:.2f}% (loss {r['loss']:.4f}) on {r['n']} images; "
           f"{r['macs'] / 1e6:.2f} M MACs{mean} [{r['kind']} model]")
     return 0

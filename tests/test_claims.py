@@ -101,3 +101,58 @@ def test_pfs_random_structures_unlike_pretrained_ones(pfs, kind):
 def test_pfs_random_structures_more_diverse_across_seeds(pfs, kind):
     c = claims(summarize(pfs, kind=kind))["2_random_more_diverse"]
     assert c["evaluated"] and c["holds"], c
+
+
+# -- ManiDP (supplement 000) ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def manidp():
+    from prunelab import models
+
+    study = _load("manidp")
+    arrays = np.load(results_path("manidp", "cpu").with_suffix(".npz"))
+    spec = models.describe(models.create(study["model"]))
+    return study, arrays, spec
+
+
+def _manidp_claim(manidp, start: str) -> dict:
+    from prunelab.analysis.manidp import claims as manidp_claims
+
+    found = [c for c in manidp_claims(*manidp) if c["claim"].startswith(start)]
+    assert len(found) == 1, start
+    return found[0]
+
+
+def test_manidp_results_are_cpu_scale_real_data(manidp):
+    study, arrays, spec = manidp
+    assert study["scale"] == "cpu" and study["complete"] and set(study["variants"]) == {"with_sim", "without_sim"}
+    assert study["dense"]["test_acc"] > 0.85 and study["dense"]["epochs"] == 30  # the converged checkpoint
+    for v in ("with_sim", "without_sim"):
+        kept = arrays[f"{v}/test_kept"]
+        assert kept.shape == (10000, len(study["layers"]))  # every test image, every masked layer
+        assert (kept <= np.array(study["channels"])).all()
+
+
+MANIDP_CLAIMS = {
+    "sim_loss": "with L_sim, R^l and T^l are closer than without",
+    "sim_mean": "with L_sim, R^l and T^l agree more than without (mean",
+    "sim_layers": "with L_sim, R^l and T^l agree more than without in most",
+    "lambda": "complex instances",
+    "spread": "per-instance MACs vary",
+    "loss": "per-instance MACs correlate",
+    "reduction": "the mean test MACs reduction",
+}
+# claims that do not hold at cpu scale, with their numbers (6 epochs from a 30-epoch ResNet-20). With L_sim
+# the matrices are much closer in value (mean (R - T)^2 0.0039 vs 0.0675, all 18 layers), but the
+# *pattern* of their off-diagonal entries correlates less: Pearson r 0.435 vs 0.530, better in 3 of 18 layers
+MANIDP_XFAIL = {
+    "sim_mean": "cpu scale: mean Pearson r of R and T off the diagonal 0.435 with L_sim < 0.530 without",
+    "sim_layers": "cpu scale: Pearson r higher with L_sim in 3 of 18 layers only",
+}
+
+
+@pytest.mark.parametrize("key", [pytest.param(k, marks=pytest.mark.xfail(strict=True, reason=MANIDP_XFAIL[k]))
+                                 if k in MANIDP_XFAIL else k for k in MANIDP_CLAIMS])
+def test_manidp_claims(manidp, key):
+    c = _manidp_claim(manidp, MANIDP_CLAIMS[key])
+    assert c["holds"], c

@@ -17,7 +17,7 @@
 # | — | per-instance MACs histogram, MACs against the pretrained network's loss, the claims with their numbers |
 #
 # **Scale.** `cpu`: ResNet-20 from the 30-epoch checkpoint (`prunelab train resnet20 --set train.epochs=30`),
-# 10 epochs of ManiDP (λ′ = 5e-3, r* = 0.6, lr 0.02 with cosine decay; thresholds update from epoch 2),
+# 6 epochs of ManiDP (λ′ = 5e-3, r* = 0.6, lr 0.02 with cosine decay; thresholds set after epochs 1–4),
 # one run with L_sim (λ_sim = 1) and one without (λ_sim = 0), full CIFAR-10. The paper: ResNet-56, 400
 # epochs. Cached results come from `prunelab experiment manidp --scale cpu`; `ci` computes a tiny
 # version on the spot (mechanics only: its numbers mean nothing).
@@ -101,7 +101,8 @@ data = load_cifar10()
 variant = "with_sim"
 traj, tidx, ref = A[f"{variant}/trajectories"], A[f"{variant}/trajectory_index"], A[f"{variant}/reference_ce"]
 lo, hi = am.complexity_groups(ref)["thresholds"]
-groups = {"complex": np.flatnonzero(ref[tidx] >= hi), "simple": np.flatnonzero(ref[tidx] <= lo)}
+rng = np.random.default_rng(0)  # examples drawn across the group (the archive's images are class-sorted)
+groups = {"complex": rng.permutation(np.flatnonzero(ref[tidx] >= hi)), "simple": rng.permutation(np.flatnonzero(ref[tidx] <= lo))}
 thumbs = {k: data.train_images[tidx[v[:3]]] for k, v in groups.items()}
 fig, ax = plt.subplots(figsize=(8.5, 4.2))
 vm.plot_lambda_trajectories(traj, groups, ax=ax, scale=SCALE, images=thumbs)
@@ -113,7 +114,10 @@ plt.show()
 # ## Fig. S2 — similarity matrices R^l (features) and T^l (saliencies), without and with L_sim
 #
 # 128 seeded test images sorted by class, at the end of training. With L_sim the two matrices should look
-# alike; without it they need not.
+# alike; without it they need not. Each panel's colour range runs from its own minimum to 1 (see its colour
+# bar): at cpu scale the saliencies differ little between images (T close to 1 everywhere), and the
+# similarity loss makes R match T mostly by raising all feature similarities. The table gives both
+# readings per layer: the Pearson r of the off-diagonal entries (pattern) and mean (R − T)² (value).
 
 # %%
 sims = {k: A[f"{k}/similarity_end"].astype(np.float32) for k in ("without_sim", "with_sim")}
@@ -122,8 +126,9 @@ layer = len(LAYERS) // 2
 fig = vm.plot_similarity_panel(sims, labels, layer, LAYERS[layer], scale=SCALE)
 save_figure(fig, "fig_s2_similarity", "01_manidp")
 plt.show()
-agree = pd.DataFrame([{"layer": n, **{f"{k} Pearson r": round(am.agreement(*sims[k][j])["pearson"], 3)
-                                      for k in sims}} for j, n in enumerate(LAYERS)])
+agree = pd.DataFrame([{"layer": n, **{f"{k} Pearson r": round(am.agreement(*sims[k][j])["pearson"], 3) for k in sims},
+                       **{f"{k} mean (R-T)^2": round(am.agreement(*sims[k][j])["loss"], 4) for k in sims}}
+                      for j, n in enumerate(LAYERS)])
 agree
 
 # %% [markdown]

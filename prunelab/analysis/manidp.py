@@ -122,6 +122,15 @@ def claims(study: dict, arrays, spec) -> list[dict]:
         return np.array([agreement(sim[j, 0], sim[j, 1])["pearson"] for j in range(len(layers))])
 
     pw, po = per_layer_pearson(with_sim), per_layer_pearson(without)
+
+    def per_layer_loss(variant):
+        sim = arrays[f"{variant}/similarity_end"]
+        return np.array([agreement(sim[j, 0], sim[j, 1])["loss"] for j in range(len(layers))])
+
+    lw, lo = per_layer_loss(with_sim), per_layer_loss(without)
+    out.append({"claim": "with L_sim, R^l and T^l are closer than without (mean over layers of mean (R - T)^2, lower "
+                         "is closer)", "with": float(lw.mean()), "without": float(lo.mean()),
+                "layers_better": int(np.sum(lw < lo)), "layers": len(layers), "holds": bool(lw.mean() < lo.mean())})
     out.append({"claim": "with L_sim, R^l and T^l agree more than without (mean Pearson r over layers)",
                 "with": float(np.nanmean(pw)), "without": float(np.nanmean(po)),
                 "layers_better": int(np.sum(pw > po)), "layers": len(layers),

@@ -60,13 +60,17 @@ def plot_lambda_trajectories(trajectories: np.ndarray, groups: dict, ax=None, *,
 
 
 def plot_similarity(matrix: np.ndarray, labels: np.ndarray, ax=None, *, title: str, scale: str, cbar: bool = True):
-    """One similarity matrix (instances sorted by class, class boundaries marked), seaborn heatmap."""
+    """One similarity matrix (instances sorted by class, class boundaries marked), seaborn heatmap.
+
+    The colour range runs from the matrix's own minimum to 1 (the colour bar shows it): saliency
+    matrices are often all close to 1, and a fixed 0-1 range would hide their structure."""
     import seaborn as sns
 
     ax = _ax(ax, (4.2, 3.6))
-    sns.heatmap(np.asarray(matrix, dtype=np.float32), ax=ax, cmap="viridis", vmin=-1 if np.min(matrix) < 0 else 0,
-                vmax=1, square=True, xticklabels=False, yticklabels=False, cbar=cbar,
-                cbar_kws={"label": "cosine similarity"} if cbar else None)
+    m = np.asarray(matrix, dtype=np.float32)
+    lo = float(np.min(m))
+    sns.heatmap(m, ax=ax, cmap="viridis", vmin=min(lo, 0.999), vmax=1, square=True, xticklabels=False,
+                yticklabels=False, cbar=cbar, cbar_kws={"label": f"cosine similarity ({lo:.3f} to 1)"} if cbar else None)
     labels = np.asarray(labels)
     edges = np.flatnonzero(np.diff(labels)) + 1
     for e in edges:

@@ -119,6 +119,7 @@ def evaluate_run(path) -> dict:
         result = load_result(final, map_location=device)
         model, kind = result.module, result.kind
         macs = result.cost(ev["test"]).macs
+        overhead = result.report.extra.get("predictor_macs")
     elif (p / "model.pt").exists():
         model = models.create(cfg.model.name, **cfg.model.kwargs)
         load_weights(model, p / "model.pt")
@@ -128,7 +129,10 @@ def evaluate_run(path) -> dict:
     mf = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=mf)
     r = evaluate(model, ev["test"])
-    return {**r, "macs": macs, "kind": kind}
+    out = {**r, "macs": macs, "kind": kind}
+    if final is not None and overhead:
+        out["macs_with_predictors"] = macs + overhead
+    return out
 
 
 def compact_run(run_dir, out=None, *, force: bool = False, quiet: bool = True) -> Path:
