@@ -78,6 +78,24 @@ def move_aside(path, *, what: str = "run") -> Path:
         return backup
 
 
+def git_commit(path=None) -> str | None:
+    """The short commit of the repository holding ``path`` (default: this package), with ``+dirty``
+    when its tracked files have uncommitted changes; None outside a git checkout."""
+    import subprocess
+
+    where = Path(path) if path else Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=where, capture_output=True, text=True,
+                              timeout=10)
+        if head.returncode:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

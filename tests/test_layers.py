@@ -51,9 +51,10 @@ def _imports(path: Path):
             else:
                 mod = node.module or ""
             if mod.startswith("prunelab"):
-                if mod == "prunelab":  # from prunelab import methods, models
+                if mod == "prunelab":  # from prunelab import methods, models (or an attribute: __version__)
                     for a in node.names:
-                        yield node.lineno, f"prunelab.{a.name}"
+                        if (PKG / a.name).is_dir() or (PKG / f"{a.name}.py").is_file():
+                            yield node.lineno, f"prunelab.{a.name}"
                 else:
                     yield node.lineno, mod
 

@@ -28,6 +28,10 @@ def similarity_matrices(gated, x, layers=None) -> dict:
 
     was = gated.training
     gated.eval()
+    keep = {n: getattr(g, "keep_descriptor", None) for n, g in gated.items()}
+    for _, g in gated.items():
+        if hasattr(g, "keep_descriptor"):
+            g.keep_descriptor = True  # the pooled features are needed here even if training skipped them
     try:
         with torch.no_grad():
             gated(x)
@@ -40,6 +44,9 @@ def similarity_matrices(gated, x, layers=None) -> dict:
         return out
     finally:
         gated.train(was)
+        for n, g in gated.items():
+            if keep[n] is not None:
+                g.keep_descriptor = keep[n]
 
 
 def agreement(r: np.ndarray, t: np.ndarray) -> dict:

@@ -34,14 +34,28 @@ def check_parts(study: str, parts, valid: tuple) -> tuple:
     return parts
 
 
+def open_study(name: str, scale: str, out, results, parts, valid: tuple, *, collect: bool = False,
+               quiet: bool = False):
+    """What every study starts with: ``(out, results_file, parts, runs)`` (its sub-run folder, its
+    results file, the checked parts and a :class:`~prunelab.workflows.SubRuns` over ``out``)."""
+    from ..workflows import SubRuns
+
+    out = Path(out or f"runs/{name}-{scale}")
+    results_file = Path(results) if results else results_path(name, scale)
+    return out, results_file, check_parts(name, parts, valid), SubRuns(out, collect=collect, quiet=quiet)
+
+
 def write_results(path, results: dict, say=print) -> Path:
-    """Write a study's results. A partial study (a ``--parts`` subset, or sub-runs missing) never
-    replaces a complete results file: it goes beside it as ``<name>.partial.json``, marked partial."""
+    """Write a study's results, with the commit and package version that made them. A partial study
+    (a ``--parts`` subset, or sub-runs missing) never replaces a complete results file: it goes
+    beside it as ``<name>.partial.json``, marked partial."""
     import json
 
-    from ..utils import to_jsonable, write_json
+    from .. import __version__
+    from ..utils import git_commit, to_jsonable, write_json
 
     path = Path(path)
+    results = {**results, "commit": git_commit(REPO_ROOT), "package_version": __version__}
     if not results.get("complete"):
         results = {**results, "partial": True}
         if path.exists():

@@ -36,9 +36,9 @@ from ..counting import count
 from ..errors import ConfigError
 from ..pruning.structure import Structure
 from ..runfiles import read_metrics
-from ..utils import read_json, to_jsonable, write_json
+from ..utils import read_json
 from ..workflows import SubRuns, iterative_prune, run_pipeline, train
-from . import check_parts, results_path, write_results
+from . import open_study, write_results
 
 PRUNING_FACTORS = (2, 4, 8, 16)
 SETTINGS = {
@@ -165,11 +165,9 @@ def _warm(scale: str, tdir: Path) -> dict:
 def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, results=None, collect=False) -> dict:
     """Run (or continue) the BAR study at ``scale``; returns and writes the aggregated results.
     ``collect``: train nothing, aggregate the finished sub-runs and list the missing ones."""
-    out = Path(out or f"runs/bar-{scale}")
-    results_file = Path(results) if results else results_path("bar", scale)
-    parts = check_parts("bar", parts, PARTS)
+    out, results_file, parts, runs = open_study("bar", scale, out, results, parts, PARTS, collect=collect,
+                                                quiet=quiet)
     t0 = time.time()
-    runs = SubRuns(out, collect=collect, quiet=quiet)
     prog = runs.progress_override
     # teacher --------------------------------------------------------------------------------------
     tcfg = load_config("bar_wrn_teacher", scale, overrides=prog)

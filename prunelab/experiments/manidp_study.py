@@ -28,12 +28,13 @@ from pathlib import Path
 import numpy as np
 
 from .. import models
+from ..analysis.manidp import agreement
 from ..config import deep_merge, load_config
 from ..counting import count
 from ..runfiles import read_metrics
 from ..utils import read_json
-from ..workflows import SubRuns, run_pipeline, train
-from . import check_parts, results_path, write_results
+from ..workflows import run_pipeline, train
+from . import open_study, write_results
 
 VARIANTS = {"with_sim": {"lambda_sim": 1.0}, "without_sim": {"lambda_sim": 0.0}}
 PARTS = ("dense", "manidp")
@@ -43,14 +44,6 @@ TRAJECTORIES = 512
 def _arr(run: Path, name: str):
     p = run / "arrays" / f"manidp_{name}.npy"
     return np.load(p) if p.exists() else None
-
-
-def _offdiag_agreement(r: np.ndarray, t: np.ndarray) -> dict:
-    """Pearson r of the off-diagonal entries of R and T, and the similarity loss mean (R - T)^2."""
-    iu = np.triu_indices(r.shape[0], 1)
-    a, b = r[iu].astype(np.float64), t[iu].astype(np.float64)
-    corr = float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else float("nan")
-    return {"pearson": corr, "loss": float(((r.astype(np.float64) - t) ** 2).mean())}
 
 
 def dense_test_ce(dense_dir: Path, cfg) -> np.ndarray:
@@ -88,11 +81,11 @@ def summarize_run(run: Path, layers: list[str]) -> tuple[dict, dict]:
     valid = ~np.isnan(ref)
     rng = np.random.default_rng(0)
     sample = np.sort(rng.choice(np.flatnonzero(valid), size=min(TRAJECTORIES, int(valid.sum())), replace=False))
-    agreement = {}
+    agree = {}
     for when in ("start", "middle", "end"):
         sim = _arr(run, f"similarity_{when}")
         if sim is not None:
-            agreement[when] = {n: _offdiag_agreement(sim[j, 0], sim[j, 1]) for j, n in enumerate(layers)}
+            agree[when] = {n: agreement(sim[j, 0], sim[j, 1]) for j, n in enumerate(layers)}
     end = _arr(run, "similarity_end")
     import torch
 
@@ -102,7 +95,7 @@ def summarize_run(run: Path, layers: list[str]) -> tuple[dict, dict]:
     record = {
         "dense_test_acc": res["dense_test_acc"], "final_test_acc": res["final_test_acc"],
         "pruned_cost": res["pruned_cost"], "dense_cost": res["dense_cost"], "budget_report": res["budget_report"],
-        "metrics": learn, "agreement": agreement, "wall_time_s": res.get("wall_time_s"),
+        "metrics": learn, "agreement": agree, "wall_time_s": res.get("wall_time_s"),
         "thresholds": thresholds,  # epochs x layers (-1e4: unpruned)
     }
     arrays = {
@@ -119,10 +112,8 @@ def summarize_run(run: Path, layers: list[str]) -> tuple[dict, dict]:
 
 def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, results=None, collect=False) -> dict:
     """Run (or continue) the ManiDP study at ``scale``; writes the results JSON and its arrays (NPZ)."""
-    out = Path(out or f"runs/manidp-{scale}")
-    results_file = Path(results) if results else results_path("manidp", scale)
-    parts = check_parts("manidp", parts, PARTS)
-    runs = SubRuns(out, collect=collect, quiet=quiet)
+    out, results_file, parts, runs = open_study("manidp", scale, out, results, parts, PARTS, collect=collect,
+                                                quiet=quiet)
     prog = runs.progress_override
     t0 = time.time()
     dense_over = {"train": {"epochs": 30}} if scale == "cpu" else {}

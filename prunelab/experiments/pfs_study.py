@@ -27,9 +27,9 @@ from .. import models
 from ..config import deep_merge, load_config
 from ..pruning.structure import Structure
 from ..runfiles import read_metrics
-from ..utils import read_json, to_jsonable, write_json
-from ..workflows import SubRuns, run_pipeline, train
-from . import check_parts, results_path, write_results
+from ..utils import read_json
+from ..workflows import run_pipeline, train
+from . import open_study, write_results
 
 SETTINGS = {
     "ci": {"model": "resnet20", "seeds": (0, 1), "epochs": (0, 1, 2), "pretrain_epochs": 2, "ratios": (0.5,),
@@ -65,10 +65,8 @@ def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, result
     """Run (or continue) the PFS study at ``scale``; returns and writes the aggregated results.
     ``collect``: train nothing, aggregate the finished sub-runs and list the missing ones."""
     s = SETTINGS[scale]
-    out = Path(out or f"runs/pfs-{scale}")
-    results_file = Path(results) if results else results_path("pfs", scale)
-    parts = check_parts("pfs", parts, PARTS)
-    runs = SubRuns(out, collect=collect, quiet=quiet)
+    out, results_file, parts, runs = open_study("pfs", scale, out, results, parts, PARTS, collect=collect,
+                                                quiet=quiet)
     prog = runs.progress_override
     t0 = time.time()
     spec = models.describe(models.create(s["model"]))

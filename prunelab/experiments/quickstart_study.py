@@ -15,9 +15,9 @@ from pathlib import Path
 from ..config import deep_merge, load_config
 from ..pruning.structure import Structure
 from ..runfiles import read_metrics
-from ..utils import read_json, to_jsonable, write_json
+from ..utils import read_json
 from ..workflows import SubRuns, run_pipeline, train
-from . import check_parts, results_path
+from . import check_parts, results_path, write_results
 
 PARTS = ("dense", "l1")
 
@@ -45,7 +45,8 @@ def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, result
            "dense": {**dense, "metrics": read_metrics(dense_dir)},
            "l1": {**l1, "metrics": read_metrics(l1_dir), "structure": Structure.load(l1_dir / "structure.json").to_dict(),
                   "scores": scores}}
-    write_json(results_file, to_jsonable(res))
+    res["complete"] = True  # both sub-runs are finished by here
+    written = write_results(results_file, res, print if not quiet else (lambda *a: None))
     if not quiet:
-        print(f"results written to {results_file}")
+        print(f"results written to {written}")
     return res

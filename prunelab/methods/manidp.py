@@ -90,6 +90,7 @@ class ManiDPGate(PerInstanceGate):
     def __init__(self, channels: int, predictor: nn.Module, relu_descriptor: bool):
         super().__init__(channels, predictor, threshold=-1e4)
         self.relu_descriptor = relu_descriptor
+        self.keep_descriptor = True  # the method turns it off when nothing reads it (lambda_sim = 0)
         self.register_buffer("saliency_sum", torch.zeros(channels, dtype=torch.float64))
         self.register_buffer("saliency_count", torch.zeros((), dtype=torch.float64))
         self.last_descriptor = None
@@ -98,7 +99,8 @@ class ManiDPGate(PerInstanceGate):
         out = super().forward(x, conv_input)
         # conv_a's descriptor is taken after its ReLU (the mask sits before the block's ReLU, which
         # commutes with a non-negative mask); conv_b's before the residual addition
-        self.last_descriptor = (F.relu(x) if self.relu_descriptor else x).float().mean((2, 3))
+        if self.keep_descriptor:  # a full-size ReLU and its backward: only when the similarity loss needs it
+            self.last_descriptor = (F.relu(x) if self.relu_descriptor else x).float().mean((2, 3))
         if self.training:
             with torch.no_grad():
                 self.saliency_sum += self.last_saliency.detach().double().sum(0)
@@ -172,8 +174,8 @@ class ManifoldDynamicPruning(Method):
         self.weights: list[np.ndarray] = []  # w_i per epoch, by training-set index
         self.reference_ce = None  # the pretrained network's CE of every training image
         self.similarity: dict = {}  # "start"/"middle"/"end" -> {layer: (R, T)}
-        self._epoch_ce = [0.0, 0]
-        self._w = None
+        self._ce_sum, self._ce_count = None, 0  # this epoch's training CE (sum on the device, count)
+        self._w = None  # this epoch's w_i by training-set index (float16 tensor, NaN where not yet seen)
         self._test = None
         self._eval: list = []  # per-instance statistics of the epoch's test evaluation
 
@@ -261,7 +263,9 @@ class ManifoldDynamicPruning(Method):
         model = trainer.model
         was = model.training
         model.eval()
+        self._keep_descriptors(model, True)
         model(batch[0])
+        self._keep_descriptors(model, self.options.lambda_sim > 0)
         self.similarity[when] = {n: (cosine_matrix(g.last_descriptor).cpu().numpy().astype(np.float32),
                                      cosine_matrix(g.last_saliency).cpu().numpy().astype(np.float32))
                                  for n, g in model.items()}
@@ -276,12 +280,18 @@ class ManifoldDynamicPruning(Method):
     # -- training ----------------------------------------------------------------------------------
     def setup(self, trainer):
         self._epochs = trainer.cfg.epochs
+        self._keep_descriptors(trainer.model, self.options.lambda_sim > 0)
+
+    @staticmethod
+    def _keep_descriptors(model, keep: bool) -> None:
+        for _, g in model.items():
+            g.keep_descriptor = keep
 
     def before_forward(self, trainer, batch):
         if self.c is None:
             self._initial_pass(trainer)
         if self._w is None and self.reference_ce is not None:
-            self._w = np.full(len(self.reference_ce), np.nan, dtype=np.float16)
+            self._w = torch.full((len(self.reference_ce),), float("nan"), dtype=torch.float16)
 
     def loss_terms(self, trainer, batch):
         o = self.options
@@ -292,11 +302,16 @@ class ManifoldDynamicPruning(Method):
         terms = {"sparsity": o.lambda_ * sparsity}
         if o.lambda_sim > 0:
             terms["similarity"] = o.lambda_sim * sum(similarity_loss(g.last_descriptor, g.last_saliency) for g in gates)
-        with torch.no_grad():
-            self._epoch_ce[0] += float(ce.detach().sum())
-            self._epoch_ce[1] += len(ce)
+        with torch.no_grad():  # kept on the device: no host sync in the training step
+            if self._ce_sum is None or self._ce_sum.device != ce.device:
+                self._ce_sum = torch.zeros((), dtype=torch.float64, device=ce.device) + (
+                    0.0 if self._ce_sum is None else float(self._ce_sum))
+            self._ce_sum += ce.detach().sum().double()
+            self._ce_count += len(ce)
             if self._w is not None:
-                self._w[batch.idx.cpu().numpy()] = w.detach().float().cpu().numpy()
+                if self._w.device != w.device:
+                    self._w = self._w.to(w.device)
+                self._w[batch.idx] = w.detach().to(torch.float16)
         return terms
 
     # -- evaluation statistics ---------------------------------------------------------------------
@@ -331,9 +346,9 @@ class ManifoldDynamicPruning(Method):
                 for k, name in ((1, "ce"), (2, "correct"), (3, "label"), (4, "index")):
                     trainer.run.save_array(f"manidp_test_{name}", np.concatenate([e[k] for e in self._eval]))
         # the adaptive C of the next epoch: kappa x this epoch's mean training CE
-        if self._epoch_ce[1]:
-            self.c = self.options.kappa * self._epoch_ce[0] / self._epoch_ce[1]
-        self._epoch_ce = [0.0, 0]
+        if self._ce_count:
+            self.c = self.options.kappa * float(self._ce_sum) / self._ce_count
+        self._ce_sum, self._ce_count = None, 0
         # thresholds for the next epoch (none after the last: evaluation keeps the trained ones)
         if 1 <= epoch < self._epochs - 1:
             r = remain_rate(epoch, self._epochs, self.options.remain)
@@ -347,8 +362,8 @@ class ManifoldDynamicPruning(Method):
             g.saliency_count.zero_()
         rec["thresholds"] = [float(g.threshold) for _, g in model.items()]
         if self._w is not None:
-            self.weights.append(self._w.copy())
-            self._w[:] = np.nan
+            self.weights.append(self._w.cpu().numpy().copy())
+            self._w.fill_(float("nan"))
         if epoch + 1 == self._epochs // 2 or epoch + 1 == self._epochs:
             self._log_similarity(trainer, "end" if epoch + 1 == self._epochs else "middle")
         self.log.append({"epoch": epoch + 1, **rec})
@@ -364,8 +379,8 @@ class ManifoldDynamicPruning(Method):
     def state_dict(self):
         return {"c": self.c, "log": self.log, "weights": [torch.from_numpy(w.astype(np.float32)) for w in self.weights],
                 "reference_ce": None if self.reference_ce is None else torch.from_numpy(self.reference_ce),
-                "epoch_ce": list(self._epoch_ce),
-                "w": None if self._w is None else torch.from_numpy(self._w.astype(np.float32)),
+                "epoch_ce": [0.0 if self._ce_sum is None else float(self._ce_sum), self._ce_count],
+                "w": None if self._w is None else self._w.float().cpu(),
                 "similarity": {k: {n: [torch.from_numpy(r), torch.from_numpy(t)] for n, (r, t) in v.items()}
                                for k, v in self.similarity.items()}}
 
@@ -375,9 +390,10 @@ class ManifoldDynamicPruning(Method):
         self.weights = [w.numpy().astype(np.float16) for w in state.get("weights", [])]
         ref = state.get("reference_ce")
         self.reference_ce = None if ref is None else ref.numpy()
-        self._epoch_ce = list(state.get("epoch_ce", [0.0, 0]))
+        ce_sum, self._ce_count = state.get("epoch_ce", [0.0, 0])
+        self._ce_sum = torch.tensor(float(ce_sum), dtype=torch.float64)
         w = state.get("w")
-        self._w = None if w is None else w.numpy().astype(np.float16)
+        self._w = None if w is None else w.to(torch.float16)
         self.similarity = {k: {n: (rt[0].numpy(), rt[1].numpy()) for n, rt in v.items()}
                            for k, v in state.get("similarity", {}).items()}
 
