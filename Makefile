@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.prunelab-installed
 TORCH   ?= torch==2.14.1 torchvision==0.29.1
 WORKERS ?= 2
 
-.PHONY: demo test venv bench clean-venv
+.PHONY: demo test venv bench lab clean-venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,17 +22,22 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 test: $(STAMP)
-	PRUNELAB_SCALE=ci OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(WORKERS) --dist loadscope \
+	PRUNELAB_SCALE=ci OMP_NUM_THREADS=1 $(PY) -m pytest -q -rs -n $(WORKERS) --dist loadscope \
 		--nbval-lax --nbval-current-env --nbval-cell-timeout=900 tests notebooks
 
 demo: $(STAMP)
 	$(PY) -m prunelab.demo
+
+# JupyterLab on the notebooks in the project's environment (not one of the two set-up commands)
+lab: $(STAMP)
+	cd notebooks && $(abspath $(PY)) -m jupyter lab
 
 bench: $(STAMP)
 	$(PY) bench/train_throughput.py
 	$(PY) bench/compaction_speedup.py
 	$(PY) bench/method_overhead.py
 	$(PY) bench/dynamic_inference.py
+	$(PY) bench/latency_budget.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,4 +1,5 @@
-"""prunelab ``l1`` vs Torch-Pruning's global group-magnitude pruner on the same trained ResNet-20.
+"""prunelab ``l1`` vs Torch-Pruning's global L1 (group magnitude) and BN-scale pruners on the same
+trained ResNet-20.
 
 Both prune the block-middle channels (conv1 outputs of every basic block; the option-A residual
 trunk is left alone by both) of the same checkpoint to 50 % MACs, then fine-tune with the same short
@@ -8,6 +9,11 @@ pruning wall time (Torch-Pruning has no MAC target, so its global pruning ratio 
 the MACs fit; the time of that search is reported too). torch-pruning is a bench-only dependency
 (``pip install torch-pruning``).
 
+The BN-scale pruner ranks channels by |gamma| of the BatchNorm after each pruned conv (network slimming's
+criterion, here without its sparsity training). The rows are written to
+``results/bench_vs_torch_pruning.json`` (with the command and commit; ``06_compare_methods.ipynb``
+shows them as external rows).
+
     python bench/vs_torch_pruning.py [--checkpoint runs/resnet20-30ep/model.pt] [--epochs 3] [--scale cpu]
 """
 
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import sys
 import time
 
 import torch
@@ -36,7 +43,7 @@ def prune_prunelab(net, keep):
     return small, time.perf_counter() - t, time.perf_counter() - t
 
 
-def prune_torch_pruning(net, keep):
+def prune_torch_pruning(net, keep, importance="l1"):
     import torch_pruning as tp
 
     x = torch.randn(1, 3, 32, 32)
@@ -47,8 +54,9 @@ def prune_torch_pruning(net, keep):
     def run(ratio):
         m = copy.deepcopy(net)
         ign = [dict(m.named_modules())[n] for n, mod in net.named_modules() if mod in ignored]
-        pruner = tp.pruner.MetaPruner(m, x, importance=tp.importance.GroupMagnitudeImportance(p=1),
-                                      global_pruning=True, pruning_ratio=ratio, ignored_layers=ign)
+        imp = tp.importance.GroupMagnitudeImportance(p=1) if importance == "l1" else tp.importance.BNScaleImportance()
+        pruner = tp.pruner.MetaPruner(m, x, importance=imp, global_pruning=True, pruning_ratio=ratio,
+                                      ignored_layers=ign)
         t = time.perf_counter()
         pruner.step()
         return m, time.perf_counter() - t
@@ -90,7 +98,9 @@ def main():
     print(f"dense ResNet-20 ({args.checkpoint}): {dense['macs'] / 1e6:.2f} M MACs, {dense['params'] / 1e6:.4f} M params, "
           f"test accuracy {100 * dense_acc:.2f}%  [{args.scale} scale, fine-tune {args.epochs} epochs, lr {args.lr}]")
     rows = []
-    for name, fn in (("prunelab l1", prune_prunelab), ("Torch-Pruning", prune_torch_pruning)):
+    methods_ = (("prunelab l1", prune_prunelab), ("Torch-Pruning L1", prune_torch_pruning),
+                ("Torch-Pruning BN-scale", lambda n, k: prune_torch_pruning(n, k, "bn_scale")))
+    for name, fn in methods_:
         torch.manual_seed(0)
         small, step_s, total_s = fn(copy.deepcopy(base), args.keep)
         small = small.to(memory_format=torch.channels_last)
@@ -101,8 +111,24 @@ def main():
     print(f"{'':<14} {'MACs (M)':>9} {'MACs %':>7} {'params (M)':>10} {'acc before':>10} {'acc after':>9} "
           f"{'prune s':>8} {'incl. search s':>14}")
     for name, macs, params, before, after, step_s, total_s in rows:
-        print(f"{name:<14} {macs / 1e6:9.2f} {100 * macs / dense['macs']:6.1f}% {params / 1e6:10.4f} "
+        print(f"{name:<22} {macs / 1e6:9.2f} {100 * macs / dense['macs']:6.1f}% {params / 1e6:10.4f} "
               f"{100 * before:9.2f}% {100 * after:8.2f}% {step_s:8.3f} {total_s:14.3f}")
+    if args.scale == "cpu":
+        from pathlib import Path
+
+        from prunelab import __version__
+        from prunelab.utils import git_commit, write_json
+
+        root = Path(__file__).resolve().parents[1]
+        out = root / "results" / "bench_vs_torch_pruning.json"
+        write_json(out, {"bench": "vs_torch_pruning", "scale": args.scale, "command": "python " + " ".join(sys.argv),
+                         "commit": git_commit(root), "package_version": __version__, "checkpoint": args.checkpoint,
+                         "epochs": args.epochs, "lr": args.lr, "keep": args.keep, "dense_test_acc": dense_acc,
+                         "dense_macs": dense["macs"], "created": time.strftime("%Y-%m-%d %H:%M"),
+                         "rows": [{"method": n, "macs": m, "macs_keep": m / dense["macs"], "params": p,
+                                   "pruned_test_acc": b, "finetuned_test_acc": a, "prune_s": st, "search_s": ts}
+                                  for n, m, p, b, a, st, ts in rows]})
+        print(f"rows written to {out}")
 
 
 if __name__ == "__main__":

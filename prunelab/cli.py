@@ -6,6 +6,7 @@
     prunelab info RUN                             config, progress and results of a run
     prunelab count MODEL [--set k=v] [--structure plan.json] [--residual mixed|regular] [--count-pool]
     prunelab compact RUN [--out DIR]              write the compact model and its plan
+    prunelab latency-table MODEL [--batch N] [--device cpu|cuda] [--threads N]   measured layer latencies
     prunelab experiment bar|pfs [--scale S]       a supplement study; results/<name>_<scale>.json
     prunelab list [models|methods|configs]
 
@@ -53,9 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--residual", choices=("mixed", "regular"), default="mixed")
     p.add_argument("--count-pool", action="store_true", help="count average-pool modules (PFS)")
     p.add_argument("--per-layer", action="store_true", help="print the per-op breakdown")
-    p = sub.add_parser("compact", help="write the physically pruned model of a pruning run")
-    p.add_argument("run")
-    p.add_argument("--out", help="folder for plan.json and weights (default RUN/compact)")
+    p = sub.add_parser("compact", help="write the physically pruned model of a pruning run (or of a plan file)")
+    p.add_argument("run", help="a pruning run directory, or a structure plan file (.json) with --weights")
+    p.add_argument("--weights", help="with a plan file: the dense checkpoint (model.pt or a run directory) to compact")
+    p.add_argument("--out", help="folder for plan.json and weights (default RUN/compact; with a plan: required)")
     p.add_argument("--force", action="store_true", help="move a compact model already in --out aside first")
     p = sub.add_parser("experiment", help="run a supplement study (many runs, one cached results file)")
     p.add_argument("name", help="bar or pfs")
@@ -66,6 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="accepted for symmetry: experiments always continue")
     p.add_argument("--collect", action="store_true",
                    help="start no new training: aggregate the sub-runs already finished (partial results, marked so)")
+    p = sub.add_parser("latency-table", help="measure (or show the cached) per-layer latency table of a model")
+    p.add_argument("model")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="ARG=VALUE", help="model argument")
+    p.add_argument("--batch", type=int, default=1, help="images per inference call (default 1)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    p.add_argument("--repeats", type=int, default=5, help="interleaved rounds; the minimum is kept (default 5)")
+    p.add_argument("--force", action="store_true", help="measure again even if a cached table exists")
     p = sub.add_parser("list", help="list models, methods or bundled configs")
     p.add_argument("what", nargs="?", choices=("models", "methods", "configs"), default="models")
     return ap
@@ -105,6 +115,43 @@ def cmd_prune(args) -> int:
     cfg = load_config(args.config, _scale(args), args.sets)
     res = run_pipeline(cfg, args.out, resume=args.resume, force=args.force)
     print(res["summary"])
+    return 0
+
+
+def cmd_latency_table(args) -> int:
+    import time
+
+    import torch
+
+    from . import models
+    from .config import parse_set
+    from .errors import ConfigError
+    from .pruning.latency import latency_table
+
+    if args.batch < 1:
+        raise ConfigError(f"--batch must be >= 1, got {args.batch}")
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    if args.repeats < 1:
+        raise ConfigError(f"--repeats must be >= 1, got {args.repeats}")
+    if args.device != "cpu" and not (args.device.startswith("cuda") and torch.cuda.is_available()):
+        raise ConfigError(f"--device {args.device} is not available here; use --device cpu")
+    kwargs = parse_set(args.sets)
+    models.create(args.model, **kwargs)  # unknown model or arguments: one line
+    t0 = time.time()
+    table = latency_table(args.model, kwargs, batch=args.batch, device=args.device, threads=args.threads,
+                          force=args.force, repeats=args.repeats, say=print)
+    took = time.time() - t0
+    k = table.key
+    print(f"{args.model} {kwargs or ''} at batch {k['batch']} on {k['device']} ({k['threads']} threads, torch "
+          f"{k['torch']}): dense {1e3 * table.full_seconds:.3f} ms per call, of which the {len(table.groups)} "
+          f"prunable groups {1e3 * (table.full_seconds - table.base_seconds):.3f} ms")
+    for name, g in table.groups.items():
+        half = table.group_seconds(name, g["widths"][-1] / 2)
+        print(f"  {name:<16} {g['widths'][-1]:>4} ch: {1e6 * g['seconds'][-1]:9.1f} us full, {1e6 * half:9.1f} us at "
+              f"half width ({len(g['widths'])} widths measured)")
+    how = (f"measured in {table.meta.get('seconds_to_measure', took):.0f} s" if took > 1 else "read from the cache")
+    print(f"table {how}: {table.meta.get('path') or ''}")
     return 0
 
 
@@ -149,9 +196,16 @@ def cmd_count(args) -> int:
 
 
 def cmd_compact(args) -> int:
-    from .workflows.runs import compact_run
+    from .workflows.runs import compact_plan, compact_run
 
-    out = compact_run(args.run, args.out, force=args.force, quiet=False)
+    if Path(args.run).is_file():
+        out = compact_plan(args.run, args.weights, args.out, force=args.force, quiet=False)
+    else:
+        if args.weights:
+            from .errors import ConfigError
+
+            raise ConfigError("--weights goes with a plan file; a run directory compacts its own weights")
+        out = compact_run(args.run, args.out, force=args.force, quiet=False)
     print(f"compact model written to {out}")
     return 0
 
@@ -181,7 +235,8 @@ def cmd_list(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "prune": cmd_prune, "eval": cmd_eval, "info": cmd_info, "count": cmd_count,
-            "compact": cmd_compact, "experiment": cmd_experiment, "list": cmd_list}
+            "compact": cmd_compact, "experiment": cmd_experiment, "list": cmd_list,
+            "latency-table": cmd_latency_table}
 
 
 _DISK_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",

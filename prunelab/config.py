@@ -47,6 +47,7 @@ class DataConfig:
     holdout: float = 0  # held out of the training set: a count, or a fraction when < 1
     holdout_seed: int | None = 0  # None: hold out the last samples (PFS's 45k/5k)
     train_on_holdout: bool = False  # train on the held-out part instead (DDNP's search split)
+    val_per_class: int | None = None  # evaluate on a seeded per-class subset of the held-out part only
     augment: bool = True
     batch_size: int = 128
     eval_batch_size: int = 1000
@@ -146,7 +147,7 @@ def validate(cfg: Config) -> Config:
     _check(d.dataset == "cifar10", "data.dataset", f"must be 'cifar10' (the only dataset so far), got {d.dataset!r}")
     _check(d.batch_size >= 1, "data.batch_size", f"must be >= 1, got {d.batch_size}")
     _check(d.eval_batch_size >= 1, "data.eval_batch_size", f"must be >= 1, got {d.eval_batch_size}")
-    for k in ("train_per_class", "test_per_class"):
+    for k in ("train_per_class", "test_per_class", "val_per_class"):
         v = getattr(d, k)
         _check(v is None or 1 <= v <= 5000, f"data.{k}", f"must be between 1 and 5000 (or null), got {v}")
     _check(d.holdout >= 0, "data.holdout", f"must be >= 0, got {d.holdout}")

@@ -7,7 +7,10 @@ printed with the result:
   C_out*H_out*W_out when the conv has a bias. Linear: in*out (+out with bias).
 * FLOP = 2 x MAC (BAR, MorphNet). PFS and the usual "ResNet-56 = 125 M FLOPs" count MACs.
 * BN, ReLU, additions and pooling are not counted (``count_pool=True`` adds 1 MAC per input element
-  of average-pool modules, PFS's counter).
+  of average-pool modules, PFS's counter; ``count_bn_relu=True`` adds 3 ops per output element of
+  every conv followed by a BatchNorm, 2 for the BN and 1 for the ReLU, DDNP's resource convention).
+* ``only_ops`` restricts MACs and params to some ops (DDNP's resource ratio counts only the convs of
+  the blocks it prunes); V is unaffected.
 * Params include BN affine parameters; ``params_no_bn`` excludes them.
 * V = sum over gated tensors of H*W*(alive channels) (docs/decisions.md §0.7).
 * ``residual="mixed"`` counts each gated tensor at its own alive width (BAR's mixed-connectivity
@@ -212,7 +215,8 @@ class _Widths:
 
 
 def count(model_or_spec, structure=None, *, widths=None, residual: str = "mixed", count_pool: bool = False,
-          include_fc: bool = True, union: str = "max", union_temperature: float = 1.0) -> Cost:
+          include_fc: bool = True, union: str = "max", union_temperature: float = 1.0, count_bn_relu: bool = False,
+          only_ops=None) -> Cost:
     """Count the costs of a dense model, of a pruned structure, or of given per-layer widths.
 
     Args:
@@ -227,6 +231,9 @@ def count(model_or_spec, structure=None, *, widths=None, residual: str = "mixed"
         residual: ``"mixed"`` or ``"regular"`` residual accounting (module docstring).
         count_pool: count average-pool modules (PFS's counter).
         include_fc: count linear layers.
+        count_bn_relu: add 3 ops (BN 2, ReLU 1) per output element of every conv with a BatchNorm to
+            the MACs (DDNP's resource convention; the convention string says so).
+        only_ops: op names (a collection) whose MACs and params are counted; None: every op.
         union: how prefix widths of several tensors combine (residual additions, regular blocks):
             ``"max"`` (exact: the widest) or ``"logsumexp"``: ``tau*log(sum(exp(w/tau)))``, a smooth
             upper bound within ``tau*ln(k)`` of the max of ``k`` widths (gradient to every
@@ -238,11 +245,12 @@ def count(model_or_spec, structure=None, *, widths=None, residual: str = "mixed"
             (:class:`UnknownTensorError`, also a KeyError), widths that do not broadcast.
     """
     return _count(model_or_spec, structure, widths=widths, residual=residual, count_pool=count_pool,
-                  include_fc=include_fc, union=union, union_temperature=union_temperature)
+                  include_fc=include_fc, union=union, union_temperature=union_temperature,
+                  count_bn_relu=count_bn_relu, only_ops=only_ops)
 
 
 def _count(model_or_spec, structure=None, *, widths=None, residual="mixed", count_pool=False, include_fc=True,
-           union="max", union_temperature=1.0, force_torch=False) -> Cost:
+           union="max", union_temperature=1.0, force_torch=False, count_bn_relu=False, only_ops=None) -> Cost:
     from .models.registry import describe
 
     if residual not in RESIDUAL_MODES:
@@ -256,12 +264,19 @@ def _count(model_or_spec, structure=None, *, widths=None, residual="mixed", coun
     if structure is not None and union != "max":
         raise ValueError(f"union={union!r} applies to widths; a structure's unions are exact sets")
     spec = model_or_spec if isinstance(model_or_spec, ModelSpec) else describe(model_or_spec)
+    if only_ops is not None:
+        only_ops = set(only_ops)
+        unknown = only_ops - {op.name for op in spec.ops}
+        if unknown:
+            raise ValueError(f"only_ops names ops {sorted(unknown)[:3]} that {spec.model} does not have")
     alive = getattr(structure, "alive", structure)
     w = _Widths(spec, alive=alive, widths=widths, union=union, union_temperature=union_temperature,
                 force_torch=force_torch)
     macs = params = bn_params = 0
     per_op = []
     for op in spec.ops:
+        if only_ops is not None and op.name not in only_ops:
+            continue
         n_in = w.union(op.reads) if op.reads else op.in_channels
         n_out = w.tensor_width(op.writes, residual) if op.writes else op.out_channels
         hw = op.out_hw[0] * op.out_hw[1]
@@ -280,6 +295,8 @@ def _count(model_or_spec, structure=None, *, widths=None, residual="mixed", coun
             m = kk * n_in * n_out * hw + (n_out * hw if op.bias else 0)
             p = kk * n_in * n_out + (n_out if op.bias else 0)
         b = 2 * n_out if op.bn else 0
+        if count_bn_relu and op.bn and op.kind == "conv":
+            m = m + 3 * n_out * hw  # BN (2 ops) and ReLU (1 op) per output element
         macs, params, bn_params = macs + m, params + p, bn_params + b
         per_op.append({"name": op.name, "kind": op.kind, "n_in": n_in, "n_out": n_out, "macs": m, "params": p + b})
     per_tensor = []
@@ -290,8 +307,10 @@ def _count(model_or_spec, structure=None, *, widths=None, residual="mixed", coun
         per_tensor.append({"name": t.name, "slot": t.slot, "stage": t.stage, "block": t.block,
                            "channels": t.channels, "alive": n, "area": t.area, "volume": t.area * n})
     conv = (f"MACs = conv{' + linear' if include_fc else ''}{' + avg-pool' if count_pool else ''} "
-            f"multiply-accumulates; FLOPs = 2 x MACs; BN/ReLU/adds not counted; params incl. BN affine; "
-            f"V over {len(spec.tensors)} gated tensors; residual={residual}; input {spec.input_size}"
+            f"multiply-accumulates{' + 3 ops per BN/ReLU output element' if count_bn_relu else ''}; FLOPs = 2 x MACs; "
+            f"{'' if count_bn_relu else 'BN/ReLU/'}adds not counted; params incl. BN affine; "
+            + (f"only {len(only_ops)} ops; " if only_ops is not None else "")
+            + f"V over {len(spec.tensors)} gated tensors; residual={residual}; input {spec.input_size}"
             + (f"; union=logsumexp(tau={union_temperature:g})" if union != "max" else ""))
     totals = (macs, params + bn_params + spec.extra_params, params + spec.extra_params, volume)
     if w.fmt.active:  # tensors of the broadcast shape, even where no given width enters a total
@@ -300,7 +319,8 @@ def _count(model_or_spec, structure=None, *, widths=None, residual="mixed", coun
 
 
 def soft_cost(model_or_spec, widths, metric: str = "flops", residual: str = "mixed", *, union: str = "max",
-              union_temperature: float = 1.0, count_pool: bool = False, include_fc: bool = True) -> torch.Tensor:
+              union_temperature: float = 1.0, count_pool: bool = False, include_fc: bool = True,
+              count_bn_relu: bool = False, only_ops=None) -> torch.Tensor:
     """One cost of given (soft) widths as a differentiable torch tensor: FLOPs losses over soft widths.
 
     Used for resource losses over soft per-tensor widths (DDNP's resource loss): ``widths`` maps
@@ -323,7 +343,8 @@ def soft_cost(model_or_spec, widths, metric: str = "flops", residual: str = "mix
         widths: ``{tensor: width}``; numbers are converted to tensors (float64 unless a float tensor
             sets the dtype).
         metric: one of ``"macs"``, ``"flops"``, ``"params"``, ``"params_no_bn"``, ``"volume"``.
-        residual, union, union_temperature, count_pool, include_fc: as in :func:`count`.
+        residual, union, union_temperature, count_pool, include_fc, count_bn_relu, only_ops: as in
+            :func:`count`.
 
     Returns:
         A tensor of the broadcast shape of the widths, on their device, differentiable w.r.t. them.
@@ -336,8 +357,24 @@ def soft_cost(model_or_spec, widths, metric: str = "flops", residual: str = "mix
     if widths is None:
         widths = {}
     c = _count(model_or_spec, widths=widths, residual=residual, count_pool=count_pool, include_fc=include_fc,
-               union=union, union_temperature=union_temperature, force_torch=True)
+               union=union, union_temperature=union_temperature, force_torch=True, count_bn_relu=count_bn_relu,
+               only_ops=only_ops)
     return getattr(c, metric)
+
+
+def ops_touching(spec: ModelSpec, names) -> list[str]:
+    """The conv ops that write or read any of the gated tensors ``names`` (the "prunable blocks" whose
+    cost DDNP's resource ratio counts: for a CIFAR ResNet's ``mid`` tensors, both convs of every block)."""
+    names = set(names)
+    return [op.name for op in spec.ops if op.kind == "conv" and (op.writes in names or names & set(op.reads))]
+
+
+def block_ops_ratio(spec: ModelSpec, widths: dict) -> float:
+    """DDNP's resource ratio R of integer ``widths`` (``{tensor: kept channels}``): the ops of the convs
+    touching those tensors plus 3 ops per BN/ReLU output element, over the same at full width."""
+    ops = ops_touching(spec, widths)
+    dense = count(spec, count_bn_relu=True, only_ops=ops).macs
+    return float(count(spec, widths=widths, count_bn_relu=True, only_ops=ops).macs) / float(dense)
 
 
 def count_module_params(model: nn.Module) -> int:

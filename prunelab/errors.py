@@ -29,6 +29,10 @@ class RunDirError(PrunelabError):
     """A run directory cannot be used (exists, locked by another process, ...)."""
 
 
+class RunDirBusyError(RunDirError):
+    """Another process holds the run directory's lock (it is training that run right now)."""
+
+
 class TrainingDivergedError(PrunelabError):
     """The loss became NaN or infinite; the run keeps its last good checkpoint."""
 

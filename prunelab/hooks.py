@@ -65,6 +65,12 @@ class Hook:
         """Called after each epoch's evaluation; returned scalars are logged."""
         return {}
 
+    def should_stop(self, trainer: "Trainer") -> bool:
+        """Asked at the end of every epoch (and when a run resumes): True ends training early (e.g. PFS
+        stops learning gates once its save rule has kept some). Must follow from the hook's state, so a
+        resumed run stops where the uninterrupted one did."""
+        return False
+
     def state_dict(self) -> dict:
         return {}
 

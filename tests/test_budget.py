@@ -11,7 +11,9 @@ from prunelab.pruning.budget import Budget, solve_budget
 def test_budget_forms_and_errors():
     assert Budget.parse({"metric": "macs", "keep": 0.5}) == Budget.parse({"reduction": 0.5}) == Budget.parse({"factor": 2})
     for bad, needle in [({"keep": 0}, "keep"), ({"factor": 0.5}, "factor"), ({"reduction": 1.0}, "reduction"),
-                        ({"metric": "latency", "keep": 0.5}, "metric"), ({"keep": 0.5, "factor": 2}, "exactly one")]:
+                        ({"metric": "speed", "keep": 0.5}, "metric"), ({"keep": 0.5, "factor": 2}, "exactly one"),
+                        ({"keep": 0.5, "batch": 8}, "belong to metric latency"),
+                        ({"metric": "latency", "keep": 0.5, "round_to": 3.5}, "round_to")]:
         with pytest.raises(ConfigError, match=needle):
             Budget.parse(bad)
 

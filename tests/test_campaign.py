@@ -62,7 +62,7 @@ NUMERIC_HOSTILE = [float("nan"), float("inf"), float("-inf"), "lots", [1, 2], {"
 # values outside each key's range (on top of the type-hostile values every number gets)
 OUT_OF_RANGE = {
     "data.batch_size": [0, -1, 10**7, 1.5], "data.eval_batch_size": [0, -3], "data.train_per_class": [0, 6000],
-    "data.test_per_class": [0, -1], "data.subset_seed": [-1, 2**33], "data.holdout": [-1, 10**6, 2.5, 250],
+    "data.test_per_class": [0, -1], "data.val_per_class": [0, -1, 6000], "data.subset_seed": [-1, 2**33], "data.holdout": [-1, 10**6, 2.5, 250],
     "data.holdout_seed": [-5], "optim.lr": [0, -0.1], "optim.momentum": [1.0, -0.1], "optim.weight_decay": [-1],
     "schedule.warmup": [-1, 10**4], "schedule.warmup_start": [-0.5], "schedule.step_size": [0],
     "schedule.gamma": [0, -1], "schedule.final_factor": [2, -1], "train.epochs": [0, -2, 10**6],

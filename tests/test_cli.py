@@ -24,7 +24,7 @@ def cli(*args):
     (("prune", "resnet20_l1", "--set", "stages.finetun.train.epochs=1"), "unknown stage 'finetun'"),
     (("count", "resnet99"), "unknown model"),
     (("info", "/nonexistent/run"), "not a prunelab run directory"),
-    (("experiment", "ddnp"), "unknown experiment 'ddnp'"),
+    (("experiment", "ddpn"), "unknown experiment 'ddpn'. Did you mean 'ddnp'"),
 ])
 def test_bad_input_one_line_exit_2(args, needle):
     r = cli(*args, "--scale", "ci") if args[0] in ("train", "prune", "experiment") else cli(*args)

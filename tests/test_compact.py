@@ -135,3 +135,15 @@ def test_compact_model_trains():
     loss = small(torch.randn(8, 3, 32, 32)).logsumexp(1).mean()
     loss.backward()
     assert all(p.grad is not None for p in small.parameters() if p.requires_grad)
+
+
+def test_compact_network_of_a_frozen_model_trains_every_parameter():
+    """Methods that learn gates on frozen weights (PFS, DDNP) hand a frozen dense network to compaction:
+    the compact network is fine-tuned next, so all of its parameters must train."""
+    net = models.create("resnet20")
+    for p in net.parameters():
+        p.requires_grad_(False)
+    spec = models.describe(net)
+    small = compact(net, Structure.random(spec, np.random.default_rng(0), keep=(0.3, 0.6)))
+    assert all(p.requires_grad for p in small.parameters())
+    assert not any(p.requires_grad for p in net.parameters())  # the input is not modified

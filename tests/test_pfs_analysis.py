@@ -109,6 +109,7 @@ def test_summary_pair_counts():
     assert s["n_structures"] == 15 and s["kind"] == "counts"
     assert s["n_pairs"] == {"random_vs_random": 3, "pretrained_vs_pretrained_across_seeds": 3 * 16,
                             "random_vs_pretrained_same_seed": 3 * 4, "random_vs_pretrained_all_seeds": 3 * 12,
+                            "pretrained_vs_pretrained_same_seed": 3 * 6,
                             "neighbour_checkpoints": 3 * 3, "distant_checkpoints": 3}
     assert all(v == 0 for v in s["n_nan_pairs_skipped"].values())
 
@@ -117,7 +118,9 @@ def test_summary_pair_counts():
 def test_claims_hold_on_supplement_like_study(kind):
     s = summarize(study_as_in_supplement(), kind=kind)
     c = claims(s)
-    assert set(c) == {"1_random_unlike_pretrained", "2_random_more_diverse", "3_near_beats_distant"}
+    assert set(c) == {"1_random_unlike_pretrained", "1b_random_unlike_every_pretrained", "2_random_more_diverse",
+                      "3_near_beats_distant"}
+    assert c["1b_random_unlike_every_pretrained"]["rhs"] == s["pretrained_vs_pretrained_same_seed"]
     for entry in c.values():
         assert entry["holds"] is True and entry["evaluated"] is True, entry
         assert isinstance(entry["statement"], str) and entry["statement"]
@@ -165,3 +168,26 @@ def test_duplicate_structure_is_an_error():
     study["structures"].append(dict(study["structures"][0]))
     with pytest.raises(ValueError, match="two structures"):
         structure_matrix(study)
+
+
+def test_claims_per_seed_give_both_vectorisations():
+    from prunelab.analysis.structures import claims_per_seed
+
+    rows = claims_per_seed(study_as_in_supplement())
+    assert {(r["seed"], r["kind"]) for r in rows} == {(s, k) for s in (0, 1, 2) for k in ("counts", "ratio")}
+    assert {r["claim"] for r in rows} == {"1_random_unlike_pretrained", "1b_random_unlike_every_pretrained",
+                                           "3_near_beats_distant"}
+    assert all(r["holds"] for r in rows if r["kind"] == "ratio")
+    contrary = claims_per_seed(study_against_supplement())
+    assert not any(r["holds"] for r in contrary if r["claim"].startswith("1"))
+
+
+def test_density_claims_can_fail():
+    from prunelab.analysis.structures import density_claims
+
+    flat = [{"density": d, "acc": 0.70 + 0.001 * i} for d in (0.3, 0.5, 0.7) for i in range(2)]
+    c = density_claims(flat)
+    assert c[0]["holds"] and c[0]["spread"] < 0.02
+    steep = [{"density": d, "acc": a} for d, a in ((0.3, 0.60), (0.5, 0.70), (0.7, 0.71))]
+    c = density_claims(steep)
+    assert not c[0]["holds"] and c[0]["spread"] == pytest.approx(0.11) and c[1]["holds"] is True

@@ -148,3 +148,33 @@ def test_resume_after_the_learn_stage_selects_the_identical_structure(tmp_path):
     assert resumed["gates_from"] == whole["gates_from"]
     a, b = Structure.load(tmp_path / "whole" / "structure.json"), Structure.load(tmp_path / "k" / "structure.json")
     assert a.counts() == b.counts() and all(np.array_equal(a.alive[n], b.alive[n]) for n in a.alive)
+
+
+def test_ddnp_pipeline_resumes_exactly_and_extracts(tmp_path):
+    """A DDNP search killed mid-epoch and resumed ends with the same generators, widths and log as an
+    uninterrupted one (Gumbel noise, EMA buffer, optimisers and the epoch's running sums all restored);
+    the run logs every stage boundary and the CLI's info/eval/compact read it."""
+    cli("train", "resnet20", "--scale", "ci", "--out", str(tmp_path / "dense"), "--set", "train.progress=false")
+    args = ["prune", "resnet20_ddnp", "--scale", "ci", "--set", "train.progress=false", "--set",
+            f"stages.pretrain.init_from={tmp_path / 'dense' / 'model.pt'}", "--set", "stages.pretrain.train=null",
+            "--set", "stages.learn.train.checkpoint_every_steps=1"]
+    cli(*args, "--out", str(tmp_path / "whole"))
+    killed = cli(*args, "--out", str(tmp_path / "k"), env={"PRUNELAB_TEST_SIGKILL_AT_STEP": "3"}, check=False)
+    assert killed.returncode == -9  # in the search's second epoch (2 steps per epoch)
+    cli(*args, "--out", str(tmp_path / "k"), "--resume")
+    a = torch.load(tmp_path / "whole" / "learn.pt", weights_only=True)
+    b = torch.load(tmp_path / "k" / "learn.pt", weights_only=True)
+    assert a["method_state"]["log"] == b["method_state"]["log"]
+    for key, v in a["state_dict"].items():
+        assert torch.equal(v, b["state_dict"][key]), key
+    ra, rb = (json.loads((tmp_path / d / "result.json").read_text()) for d in ("whole", "k"))
+    assert ra["budget_report"]["widths"] == rb["budget_report"]["widths"]
+    for key in ("dense_test_acc", "pruned_test_acc_before_finetune", "extracted_test_acc", "final_test_acc"):
+        assert key in ra
+    assert ra["extracted_test_acc"] == ra["pruned_test_acc_before_finetune"]
+    assert "extracted" in ra["summary"]
+    run = tmp_path / "whole"
+    assert (run / "pruned" / "plan.json").exists() and json.loads((run / "pruned" / "plan.json").read_text())["kind"] == "generated"
+    assert (run / "compact" / "plan.json").exists() and (run / "structure.json").exists()
+    assert "static model" in cli("eval", str(run)).stdout
+    assert "finished stages: pretrain, learn, prune, finetune" in cli("info", str(run)).stdout

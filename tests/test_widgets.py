@@ -54,3 +54,93 @@ def test_structure_explorer_compares_two_structures():
     assert "r between the two structures (channel counts): 1.000" in e.label.value
     e.epoch.value = 2
     assert "1.000" not in e.label.value
+
+
+def _ddnp_study():
+    layers = ["layer1.0.mid", "layer2.0.mid", "layer3.0.mid"]
+    runs = {}
+    for name, r_end in (("full", 0.5), ("lambda=0.05", 0.8), ("rho=0", 0.3), ("fix_k", 0.5)):
+        for seed in (0, 1):
+            epochs = [{"epoch": e, "R_hard": 1 - (1 - r_end) * e / 4, "test_acc": 0.8 - 0.02 * e + 0.01 * seed}
+                      for e in range(1, 5)]
+            runs[f"{name}/s{seed}"] = {"setting": name, "seed": seed, "p": 0.5, "epochs": epochs,
+                                       "widths": [8 + seed, 16, 30 if name != "fix_k" else 32], "R_hard": r_end,
+                                       "macs": 2e7, "extracted_test_acc": 0.7, "finetuned_test_acc": 0.8}
+    return {"scale": "ci", "layers": layers, "channels": [16, 32, 64], "runs": runs,
+            "settings": {k: {} for k in ("full", "lambda=0.05", "rho=0", "fix_k")}}
+
+
+def test_ddnp_sweep_explorer_follows_sweep_value_and_seed():
+    from prunelab.viz.widgets import DDNPSweepExplorer
+
+    e = DDNPSweepExplorer(_ddnp_study())
+    assert e.sweep.value == "lambda" and "final R = 0.800" in e.label.value  # the smallest lambda first
+    e.value.value = "full"
+    assert "final R = 0.500" in e.label.value and "seed 0" in e.label.value
+    e.seed.value = 1
+    assert "seed 1" in e.label.value
+    e.sweep.value = "rho"
+    assert "rho = 0" in e.label.value and "final R = 0.300" in e.label.value
+
+
+def test_architecture_compare_reports_both_networks():
+    from prunelab.viz.widgets import ArchitectureCompare
+
+    e = ArchitectureCompare(_ddnp_study(), "full", "fix_k/s0")
+    assert e.a.value == "full/s0" and "fix_k/s0" in e.label.value and "Pearson r" in e.label.value
+    e.b.value = "full/s1"
+    assert "full/s1" in e.label.value
+
+
+def test_run_explorer_views_and_export(tmp_path):
+    from prunelab.experiments.catalog import Entry
+    from prunelab.pruning.compact import compact
+    from prunelab.viz.widgets import RunExplorer
+
+    spec = models.describe(models.create("resnet20"))
+    mids = [t.name for t in spec.select("mid")]
+    rng = np.random.default_rng(0)
+    alive = {n: sorted(rng.choice(spec.tensor(n).channels, spec.tensor(n).channels // 2, replace=False).tolist())
+             for n in mids}
+    kept = rng.integers(1, 16, size=(20, len(mids)))
+    entries = {
+        "a": Entry("a", "test", "resnet20", {}, "static", {n: len(v) for n, v in alive.items()}, alive, 0.8, "after ft"),
+        "b": Entry("b", "test", "resnet20", {}, "static", {n: spec.tensor(n).channels // 4 for n in mids}, None, None,
+                   "no accuracy"),
+        "dyn": Entry("dyn", "test", "resnet20", {}, "dynamic", dict(zip(mids, kept.mean(0))), None, 0.7, "dynamic",
+                     per_instance={"kept": kept, "layers": mids, "index": np.arange(20), "correct": np.ones(20, bool),
+                                   "label": np.zeros(20, int)}),
+    }
+    e = RunExplorer(entries, scale="ci", images=np.zeros((20, 3, 32, 32), np.uint8), export_dir=tmp_path,
+                    first="a", second="b")
+    assert "a: 80.00% (after ft)" in e.label.value and "Pearson r of keep ratios" in e.label.value
+    for view in RunExplorer.VIEWS:
+        e.view.value = view
+    e.first.value = "dyn"
+    e.view.value = "per instance"
+    e.instance.value = 19
+    assert e.instance.max == 19 and "M MACs mean over 20 test images" in e.label.value
+    assert e.export() is None and "nothing to export" in e.label.value
+    e.first.value = "a"
+    e.export_button.click()  # as a browser click would
+    plan = e.exported
+    assert plan.exists() and "prunelab compact" in e.label.value
+    s = Structure.load(plan)
+    assert s.counts() == entries["a"].widths and all(list(s.alive[n]) == alive[n] for n in mids)
+    compact(models.create("resnet20"), s)  # the plan compacts
+    e.first.value = "b"
+    e.export_path.value = str(tmp_path / "b.json")
+    e.export()
+    assert "first channels" in e.label.value and Structure.load(tmp_path / "b.json").counts()["layer1.0.mid"] == 4
+
+
+def test_structure_explorer_keep_ratios_and_missing_structures():
+    study = {"scale": "ci", "seeds": [0, 1], "epochs": [0, 2], "full_widths": [16, 32, 64],
+             "pretrain_acc": {"0": {"2": 0.61}},
+             "structures": [{"seed": 0, "epoch": e, "widths": [8, 16 + e, 30], "reduction": 0.5} for e in (0, 2)]}
+    e = StructureExplorer(study)  # seed 1 has no structure (a partial study)
+    assert "not in this (partial) study: seed 1, epoch 2 (61" not in e.label.value
+    assert "not in this (partial) study: seed 1" in e.label.value
+    e.seed2.value, e.epoch2.value = 0, 2
+    e.kind.value = "ratio"
+    assert "(keep ratios)" in e.label.value

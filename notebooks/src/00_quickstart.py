@@ -31,7 +31,7 @@ from prunelab import models
 from prunelab.counting import count
 from prunelab.data.cifar import CLASSES, load_cifar10
 from prunelab.data.loader import CifarLoader
-from prunelab.experiments import load_results, resolve_scale
+from prunelab.experiments import load_results, provenance_note, resolve_scale
 from prunelab.pruning.structure import Structure
 from prunelab.viz import save_figure, scale_label, use_style
 
@@ -106,6 +106,7 @@ print(r20)
 
 # %%
 res = load_results("quickstart", SCALE)
+print(provenance_note(res))
 dense, l1 = res["dense"], res["l1"]
 fig, ax = plt.subplots(figsize=(6.5, 3.8))
 d = [m for m in dense["metrics"] if "test_acc" in m]
@@ -182,3 +183,43 @@ explorer.widget
 explorer.slider.value = 0.3  # the same callback a browser would fire
 print(explorer.label.value)
 assert explorer.report["achieved"] <= explorer.report["target"]
+
+# %% [markdown]
+# ## 6. Budgets in measured latency
+#
+# Fewer MACs are not proportionally less time: which channels go decides how much faster the network
+# gets on a given device. `prunelab latency-table resnet20 --batch 128` times every block's layers at
+# every width on this machine; `budget: {metric: latency, keep: 0.5, batch: 128}` then asks the budget
+# solver for half the *predicted* inference time. Below: `l1` budgeted that way, against `l1` with a
+# MACs budget tuned (by timing) to the same measured latency, both fine-tuned with the same 8 epochs,
+# both compact networks timed side by side with the dense one at the end.
+
+# %%
+L = res.get("latency")
+if L is None:
+    print("these cached results predate the latency part: run `prunelab experiment quickstart --scale cpu`")
+else:
+    print(f"device: {L['device']}, {L['threads']} threads, torch {L['torch']}, batch {L['batch']}; dense "
+          f"{1e3 * L['dense_measured_s']:.2f} ms per call measured ({1e3 * L['dense_predicted_s']:.2f} ms in the table)")
+    p = L["prune_stage_latency"]
+    print(f"latency budget: target {100 * p['target_keep']:.0f}% of dense, predicted {100 * p['predicted_keep']:.1f}%, "
+          f"measured {100 * p['measured_keep']:.1f}% right after pruning")
+    display(pd.DataFrame([{"budget": r["label"], "MMACs": round(r["macs"] / 1e6, 2),
+                           "MACs / dense (%)": round(100 * r["macs_keep"], 1),
+                           f"latency at batch {L['batch']} (ms)": round(1e3 * r["measured_s"], 3),
+                           "latency / dense (%)": round(100 * r["measured_keep"], 1),
+                           "acc. before fine-tuning (%)": round(100 * r["pruned_test_acc"], 2),
+                           "acc. after fine-tuning (%)": round(100 * r["final_test_acc"], 2)} for r in L["rows"]]))
+    fig, ax = plt.subplots(figsize=(8, 3))
+    names = list(L["rows"][0]["widths"])
+    xs = np.arange(len(names))
+    full = [spec.tensor(n).channels for n in names]
+    ax.bar(xs, full, color="0.85", label="full")
+    for i, r in enumerate(L["rows"]):
+        ax.bar(xs + (i - 0.5) * 0.4, [r["widths"][n] for n in names], 0.4, label=r["label"])
+    ax.set_xticks(xs, [n.replace(".mid", "").replace("layer", "L") for n in names], rotation=90, fontsize=7)
+    ax.set_ylabel("channels kept")
+    ax.set_title(f"Latency-budgeted vs MACs-budgeted widths at equal measured latency\n{scale_label(SCALE)}")
+    ax.legend(fontsize=8)
+    save_figure(fig, "latency_vs_macs_widths", "00_quickstart")
+    plt.show()

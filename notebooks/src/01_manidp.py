@@ -37,13 +37,14 @@ import pandas as pd
 from prunelab import models
 from prunelab.analysis import manidp as am
 from prunelab.data.cifar import load_cifar10
-from prunelab.experiments import load_results, resolve_scale, results_path
+from prunelab.experiments import load_results, provenance_note, resolve_scale, results_path
 from prunelab.viz import manidp as vm
 from prunelab.viz import save_figure, scale_label, use_style
 
 use_style()
 SCALE = resolve_scale(SCALE, "manidp")
 S = load_results("manidp", SCALE)
+print(provenance_note(S))
 A = np.load(S.get("arrays_file") or results_path("manidp", SCALE).with_suffix(".npz"))
 spec = models.describe(models.create(S["model"]))
 LAYERS, CHANNELS = S["layers"], np.array(S["channels"])

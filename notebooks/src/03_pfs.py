@@ -12,14 +12,16 @@
 # | Fig. S1/S2 (c): correlation of all structures of all seeds | one matrix, plus the claims checked |
 # | Fig. S3: accuracy vs expansion rate | mean ± std over runs, full model as a red dotted line |
 # | Fig. S4: accuracy vs pruning ratio | same |
+# | Fig. S5: accuracy vs density target r at 50 % MACs | same, with the claim checked |
 # | Table S1: ImageNet initialisation settings | rendered |
 # | "Channel gates location" | gate counts per model |
 #
-# **Scale.** `cpu`: ResNet-20 on full CIFAR-10, 3 seeds, each pre-trained 4 epochs (one-cycle) with
-# checkpoints at epochs {0 (random), 1, 2, 4}; gates learned for one epoch on the 45k split; structures at
-# 50 % MACs; sweeps with 2 runs of 2-epoch training from scratch. The paper: ResNet-56/VGG-16, 5 seeds,
-# 160-epoch pre-training, 10-epoch gate learning, Scratch-B (320 epochs). Cached results come from
-# `prunelab experiment pfs --scale cpu`; `ci` computes a tiny version on the spot (mechanics only).
+# **Scale.** `cpu`: ResNet-20 on full CIFAR-10, 3 seeds, each pre-trained 10 epochs (one-cycle) with
+# checkpoints at epochs {0 (random), 1 (early), 5 (middle), 10 (final)}; gates learned on the 45k split until
+# the save rule keeps some (density ≤ r) or for 4 epochs; structures at 50 % MACs; sweeps (gates learned one
+# epoch on random weights) with 2 runs of 2-epoch training from scratch. The paper: ResNet-56/VGG-16,
+# 5 seeds, 160-epoch pre-training, 10-epoch gate learning, Scratch-B (320 epochs at R* = 0.5). Cached results
+# come from `prunelab experiment pfs --scale cpu`; `ci` computes a tiny version on the spot (mechanics only).
 
 # %% tags=["parameters"]
 import os
@@ -33,20 +35,23 @@ import pandas as pd
 
 from prunelab import models
 from prunelab.analysis.structures import claims, correlation_matrix, structure_matrix, summarize
-from prunelab.experiments import load_results, resolve_scale
+from prunelab.experiments import load_results, provenance_note, resolve_scale
 from prunelab.viz import pfs as vpfs
 from prunelab.viz import save_figure, scale_label, use_style
 
 use_style()
 SCALE = resolve_scale(SCALE, "pfs")
 S = load_results("pfs", SCALE)
+print(provenance_note(S))
 print(f"running at {SCALE} scale: {S['model']}, seeds {S['seeds']}, checkpoint epochs {S['epochs']} (0 = random init), "
       f"{len(S['structures'])} structures, {len(S['layers'])} gated layers")
 if S.get("missing"):  # aggregated with `prunelab experiment ... --collect` before every sub-run finished
     print(f"partial results: {len(S['missing'])} sub-runs missing: {', '.join(S['missing'])}")
-pd.DataFrame([{"seed": s["seed"], "epoch": s["epoch"], "MMACs": round(s["macs"] / 1e6, 2),
-               "reduction (%)": round(100 * s["reduction"], 2), "gates from": s["gates_from"],
-               "source test acc (%)": round(100 * (s["source_test_acc"] or 0), 2)} for s in S["structures"]])
+pd.DataFrame([{"seed": s["seed"], "weights": vpfs.checkpoint_name(S, s["seed"], s["epoch"]), "MMACs": round(s["macs"] / 1e6, 2),
+               "reduction (%)": round(100 * s["reduction"], 2), "gate epochs": s.get("gate_epochs"),
+               "final density": None if s.get("final_density") is None else round(s["final_density"], 3),
+               "gates from": s["gates_from"], "source test acc (%)": round(100 * (s["source_test_acc"] or 0), 2)}
+              for s in S["structures"]])
 
 # %% [markdown]
 # ## Channel gate locations
@@ -82,7 +87,7 @@ for seed in S["seeds"][:2]:
 # ## Fig. S1 (c): all structures of all seeds
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+fig, axes = plt.subplots(1, 2, figsize=(14, 6), layout="constrained")
 vpfs.plot_all_structures(S, ax=axes[0], kind="counts")
 vpfs.plot_all_structures(S, ax=axes[1], kind="ratio")
 axes[0].set_title(f"{axes[0].get_title()}\nchannel counts")
@@ -95,9 +100,12 @@ plt.show()
 #
 # (1) Structures learned from random weights are unlike those learned from pre-trained weights: they
 # correlate less with them than neighbouring checkpoints' structures correlate with each other.
+# (1b) The stricter reading: less than *every* pair of that seed's pretrained checkpoints, distant ones included.
 # (2) They are more diverse: lower mean correlation across seeds than pretrained-derived structures.
 # (3) Structures from nearby checkpoints correlate more than those from distant ones.
 # Raw counts share the stage widths (16/32/64), which inflates every correlation; keep ratios remove it.
+# The supplement does not say which vector it correlates (counts or ratios) nor which pairs its claim (1)
+# compares: both are shown (unverified, P7), over all seeds and then seed by seed.
 
 # %%
 rows = []
@@ -113,6 +121,11 @@ print({k: round(v, 3) for k, v in summ.items() if isinstance(v, float)})
 for r in rows:
     if not r["holds"]:
         print(f"does NOT hold at {SCALE} scale ({r['kind']}): {r['statement']} ({r['lhs']} vs {r['rhs']})")
+from prunelab.analysis.structures import claims_per_seed
+
+per_seed = pd.DataFrame(claims_per_seed(S))
+display(per_seed.assign(lhs=per_seed.lhs.round(3), rhs=per_seed.rhs.round(3))
+        .pivot_table(index=["claim", "kind"], columns="seed", values="holds", aggfunc="first"))
 
 # %%
 from prunelab.viz.widgets import StructureExplorer
@@ -148,6 +161,27 @@ if len(sw):
     display(sw.assign(acc=(100 * sw.acc).round(2), MMACs=(sw.macs / 1e6).round(2)).drop(columns=["macs"]))
 for r in S["sweeps"]["expansion"]:
     assert abs(r["macs"] - 0.5 * 40.55e6) / (0.5 * 40.55e6) < 0.05  # budget relative to the unexpanded net
+
+# %% [markdown]
+# ## Fig. S5: accuracy vs the density target r at 50 % MACs
+#
+# The same pruning ratio (50 % MACs), gates learned with density targets r; the supplement finds accuracy
+# "not very sensitive to r", with a small r possibly hurting.
+
+# %%
+from prunelab.analysis.structures import density_claims
+
+dens = S["sweeps"].get("density", [])
+fig, ax = plt.subplots(figsize=(6.5, 4))
+if dens:
+    vpfs.plot_accuracy_sweep(dens, "density", full_acc=S.get("full_acc"), ax=ax, scale=SCALE)
+else:
+    ax.text(0.5, 0.5, f"no finished density runs at {SCALE} scale", ha="center", transform=ax.transAxes)
+    ax.set_axis_off()
+save_figure(fig, "fig_s5", "03_pfs")
+plt.show()
+with pd.option_context("display.max_colwidth", 120):
+    display(pd.DataFrame(density_claims(dens)))
 
 # %% [markdown]
 # ## Table S1: ImageNet initialisation

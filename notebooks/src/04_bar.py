@@ -43,7 +43,7 @@ from prunelab.analysis import hard_concrete as hc
 from prunelab.analysis.bar import active_neurons, section_totals
 from prunelab.methods.bar import barrier, transition
 from prunelab.counting import count
-from prunelab.experiments import load_results, resolve_scale
+from prunelab.experiments import load_results, provenance_note, resolve_scale
 from prunelab.pruning.structure import Structure
 from prunelab.viz import bar as vbar
 from prunelab.viz import save_figure, scale_label, use_style
@@ -52,6 +52,7 @@ use_style()
 torch.manual_seed(0)
 SCALE = resolve_scale(SCALE, "bar")
 R = load_results("bar", SCALE)
+print(provenance_note(R))
 spec = models.describe(models.create(R["model"]["name"], **{k: v for k, v in R["model"].items() if k != "name"}))
 print(f"running at {SCALE} scale; network {R['model']}, V0 = {R['dense']['volume']:,}, "
       f"{R['dense']['gated_tensors']} gated tensors, {R['dense']['gates']} gates; teacher "

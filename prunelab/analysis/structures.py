@@ -20,6 +20,8 @@ from itertools import combinations
 
 import numpy as np
 
+from ..counting import count
+
 RANDOM_EPOCH = 0
 KINDS = ("counts", "ratio")
 
@@ -29,6 +31,7 @@ QUANTITIES = (
     "pretrained_vs_pretrained_across_seeds",
     "random_vs_pretrained_same_seed",
     "random_vs_pretrained_all_seeds",
+    "pretrained_vs_pretrained_same_seed",
     "neighbour_checkpoints",
     "distant_checkpoints",
 )
@@ -148,6 +151,8 @@ def _pair_groups(keys: list[tuple[int, int]]) -> dict[str, list[tuple[int, int]]
             groups["random_vs_pretrained_all_seeds"].append((i, j))
             if si == sj:
                 groups["random_vs_pretrained_same_seed"].append((i, j))
+        elif not ri and not rj and si == sj:
+            groups["pretrained_vs_pretrained_same_seed"].append((i, j))
     position = {key: i for i, key in enumerate(keys)}
     for seed in dict.fromkeys(s for s, _ in keys):
         pretrained = sorted(e for s, e in keys if s == seed and e != RANDOM_EPOCH)
@@ -160,7 +165,7 @@ def _pair_groups(keys: list[tuple[int, int]]) -> dict[str, list[tuple[int, int]]
     return groups
 
 
-def summarize(study: dict, kind: str = "counts") -> dict:
+def summarize(study: dict, kind: str = "counts", seeds=None) -> dict:
     """The mean correlations the supplement's claims rest on (supp 002, Fig. S1/S2).
 
     Correlations are computed over all structures of the study (:func:`structure_matrix` with
@@ -170,6 +175,7 @@ def summarize(study: dict, kind: str = "counts") -> dict:
     - ``pretrained_vs_pretrained_across_seeds``: pretrained structures of different seeds.
     - ``random_vs_pretrained_same_seed``: each seed's random structure vs that seed's pretrained ones.
     - ``random_vs_pretrained_all_seeds``: each random structure vs every pretrained one (any seed).
+    - ``pretrained_vs_pretrained_same_seed``: every pair of pretrained checkpoints of one seed.
     - ``neighbour_checkpoints``: consecutive pretrained checkpoints (epochs >= 1, in increasing
       order among those the seed has) of the same seed.
     - ``distant_checkpoints``: first vs last pretrained checkpoint of the same seed, for seeds with
@@ -182,8 +188,8 @@ def summarize(study: dict, kind: str = "counts") -> dict:
         ``n_pairs`` / ``n_nan_pairs_skipped``: per quantity, how many pairs entered the mean and how
         many were skipped because their correlation is undefined (a constant structure, P7).
     """
-    X, labels = structure_matrix(study, kind=kind)
-    keys = selected_keys(study)
+    X, labels = structure_matrix(study, seeds=seeds, kind=kind)
+    keys = selected_keys(study, seeds=seeds)
     corr = correlation_matrix(X)
     summary: dict = {"kind": kind, "n_structures": len(labels), "labels": labels,
                      "n_pairs": {}, "n_nan_pairs_skipped": {}}
@@ -204,21 +210,28 @@ def _claim(lhs: float, rhs: float, lhs_less: bool, statement: str) -> dict:
 
 
 def claims(summary: dict) -> dict:
-    """Check the supplement's claims (1)-(3) (docs/decisions.md §6.3) against a :func:`summarize` result.
+    """Check the supplement's claims (docs/decisions.md §6.3) against a :func:`summarize` result.
 
-    Returns a dict with keys ``"1_random_unlike_pretrained"``, ``"2_random_more_diverse"`` and
-    ``"3_near_beats_distant"``; each value is ``{"holds": bool, "evaluated": bool, "lhs": float,
-    "rhs": float, "statement": str}``. ``holds`` is the strict inequality in ``statement``;
-    ``evaluated`` is False when either side is NaN (no defined pair), and then ``holds`` is False.
+    Returns a dict with keys ``"1_random_unlike_pretrained"``, ``"1b_random_unlike_every_pretrained"``,
+    ``"2_random_more_diverse"`` and ``"3_near_beats_distant"``; each value is ``{"holds": bool,
+    "evaluated": bool, "lhs": float, "rhs": float, "statement": str}``. ``holds`` is the strict
+    inequality in ``statement``; ``evaluated`` is False when either side is NaN (no defined pair), and
+    then ``holds`` is False.
 
-    Claim (1) uses ``random_vs_pretrained_same_seed``: like ``neighbour_checkpoints`` it compares
-    structures within one run, so the comparison is like for like. Claim (4) (ResNet vs VGG) needs two
-    studies and is not checked here.
+    The supplement says structures from random weights are *unlike* every pretrained-derived one; it
+    does not say which pairs its figure compares (unverified). Claim (1) compares a seed's random
+    structure with its pretrained ones against neighbouring checkpoints (like for like, within one run);
+    the stricter (1b) against every pair of that seed's pretrained checkpoints, distant ones included.
+    Claim (4) (ResNet vs VGG) needs two studies and is not checked here. Claim (2) needs several seeds
+    (NaN, not evaluated, within one seed).
     """
     return {
         "1_random_unlike_pretrained": _claim(
             summary["random_vs_pretrained_same_seed"], summary["neighbour_checkpoints"], True,
             "mean r(random, pretrained; same seed) < mean r(neighbouring checkpoints)"),
+        "1b_random_unlike_every_pretrained": _claim(
+            summary["random_vs_pretrained_same_seed"], summary["pretrained_vs_pretrained_same_seed"], True,
+            "mean r(random, pretrained; same seed) < mean r(every pair of pretrained checkpoints; same seed)"),
         "2_random_more_diverse": _claim(
             summary["random_vs_random"], summary["pretrained_vs_pretrained_across_seeds"], True,
             "mean r(random, random; across seeds) < mean r(pretrained, pretrained; across seeds)"),
@@ -226,3 +239,77 @@ def claims(summary: dict) -> dict:
             summary["neighbour_checkpoints"], summary["distant_checkpoints"], False,
             "mean r(neighbouring checkpoints) > mean r(first vs last checkpoint)"),
     }
+
+
+def claims_per_seed(study: dict) -> list[dict]:
+    """Claims (1), (1b) and (3) seed by seed, under both vectorisations (channel counts and keep
+    ratios; P7): one row per (seed, kind, claim) with its two numbers and whether it holds."""
+    rows = []
+    for seed in study["seeds"]:
+        if not selected_keys(study, seeds=[seed]):
+            continue
+        for kind in KINDS:
+            summ = summarize(study, kind=kind, seeds=[seed])
+            for key, c in claims(summ).items():
+                if key.startswith("2_"):
+                    continue  # across seeds only
+                rows.append({"seed": int(seed), "kind": kind, "claim": key, **c})
+    return rows
+
+
+def density_claims(rows) -> list[dict]:
+    """Supplement Fig. S5 ("accuracy is not very sensitive to r; a small r may hurt") on the density
+    sweep's runs (``{"density", "acc", ...}`` rows): the spread of the per-density mean accuracies, and
+    whether the smallest r is the least accurate."""
+    by = {}
+    for r in rows:
+        by.setdefault(float(r["density"]), []).append(float(r["acc"]))
+    if len(by) < 2:
+        return []
+    means = {d: float(np.mean(v)) for d, v in sorted(by.items())}
+    stds = [float(np.std(v, ddof=1)) for v in by.values() if len(v) > 1]
+    spread = max(means.values()) - min(means.values())
+    smallest = min(means)
+    return [{"claim": "accuracy is not very sensitive to r: the per-r mean accuracies span at most 2 points",
+             "means": means, "spread": spread, "run_std_max": max(stds) if stds else None,
+             "holds": bool(spread <= 0.02)},
+            {"claim": "the smallest r is the least accurate (a small r may hurt; reported, not a test)",
+             "smallest_r": smallest, "means": means, "holds": None if len(by) < 3 else
+             bool(means[smallest] == min(means.values()))}]
+
+
+# -- any structure: per-layer costs and the likeness of two structures (the explorer notebook) -----
+
+
+def layer_costs(spec, widths: dict | None = None) -> list[dict]:
+    """Per gated tensor of ``spec`` at ``widths`` (``{tensor: kept channels}``; missing: full): its
+    channels kept, the MACs of the conv producing it and their share of the network's MACs, and its
+    activation volume (H*W*kept) with its share of V. Counted by the package's counter."""
+    c = count(spec, widths={n: w for n, w in (widths or {}).items()})
+    total_macs, total_v = float(c.macs), float(c.volume)
+    by_writer = {op["name"]: op for op in c.per_op}
+    writer_of = {op.writes: op.name for op in spec.ops if op.writes}
+    rows = []
+    for t in c.per_tensor:
+        macs = float(by_writer[writer_of[t["name"]]]["macs"]) if t["name"] in writer_of else 0.0
+        rows.append({"name": t["name"], "slot": t["slot"], "channels": t["channels"], "kept": float(t["alive"]),
+                     "keep_ratio": float(t["alive"]) / t["channels"], "macs": macs,
+                     "macs_share": macs / total_macs if total_macs else 0.0, "volume": float(t["volume"]),
+                     "volume_share": float(t["volume"]) / total_v if total_v else 0.0})
+    return rows
+
+
+def structure_similarity(spec, a: dict, b: dict, names=None) -> dict:
+    """How alike two structures of one model are: the Pearson r of their per-tensor channel counts and
+    of their keep ratios over ``names`` (default: the tensors either prunes), and the mean absolute
+    difference of the keep ratios. NaN where a vector is constant."""
+    names = list(names or [n for n in spec.names if n in a or n in b])
+    full = np.array([spec.tensor(n).channels for n in names], dtype=np.float64)
+    va = np.array([a.get(n, spec.tensor(n).channels) for n in names], dtype=np.float64)
+    vb = np.array([b.get(n, spec.tensor(n).channels) for n in names], dtype=np.float64)
+
+    def r(x, y):
+        return float(np.corrcoef(x, y)[0, 1]) if x.std() > 0 and y.std() > 0 else float("nan")
+
+    return {"pearson_counts": r(va, vb), "pearson_keep_ratios": r(va / full, vb / full),
+            "mean_abs_keep_ratio_difference": float(np.abs(va / full - vb / full).mean()), "tensors": len(names)}

@@ -45,10 +45,74 @@ def open_study(name: str, scale: str, out, results, parts, valid: tuple, *, coll
     return out, results_file, check_parts(name, parts, valid), SubRuns(out, collect=collect, quiet=quiet)
 
 
+# what each study's numbers depend on: the configs it resolves and the files whose code makes them
+# (a change elsewhere, e.g. in the trainer, is not tracked here)
+RECIPES = {
+    "bar": {"configs": ["bar_wrn_teacher", "bar_wrn_bar"],
+            "files": ["prunelab/experiments/bar_study.py", "prunelab/methods/bar.py", "prunelab/methods/random.py",
+                      "prunelab/workflows/iterative.py"]},
+    "pfs": {"configs": ["resnet20", "resnet20_pfs"],
+            "files": ["prunelab/experiments/pfs_study.py", "prunelab/methods/pfs.py"]},
+    "quickstart": {"configs": ["resnet20", "resnet20_l1"],
+                   "files": ["prunelab/experiments/quickstart_study.py", "prunelab/methods/l1.py",
+                             "prunelab/pruning/budget.py", "prunelab/pruning/latency.py"]},
+    "manidp": {"configs": ["resnet20", "resnet20_manidp"],
+               "files": ["prunelab/experiments/manidp_study.py", "prunelab/methods/manidp.py"]},
+    "ddnp": {"configs": ["resnet20", "resnet20_ddnp", "resnet20_l1", "resnet20_pfs"],
+             "files": ["prunelab/experiments/ddnp_study.py", "prunelab/methods/ddnp.py", "prunelab/methods/l1.py",
+                       "prunelab/methods/pfs.py"]},
+}
+
+
+def provenance(name: str, scale: str) -> dict:
+    """The recipe of study ``name`` and two fingerprints of it as the code stands now: the sha256 of its
+    configs resolved at ``scale`` (defaults, file and scale block merged) and of its code files."""
+    import hashlib
+    import json
+
+    from ..config import load_config
+
+    recipe = RECIPES[name]
+    resolved = {c: load_config(c, scale).to_dict() for c in recipe["configs"]}
+    config_hash = hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()
+    h = hashlib.sha256()
+    for f in recipe["files"]:
+        h.update(f.encode() + b"\0" + (REPO_ROOT / f).read_bytes())
+    return {"recipe": recipe, "config_hash": config_hash, "code_hash": h.hexdigest()}
+
+
+def staleness(results: dict) -> list[str]:
+    """Why a cached results file may be older than the code reading it (empty: it is current): its
+    recorded config or code fingerprint differs from the one computed now, or it has none."""
+    name, scale = results.get("study"), results.get("scale")
+    if name not in RECIPES or scale not in ("ci", "cpu", "paper"):
+        return [f"results of an unknown study {name!r}"]
+    if "config_hash" not in results or "code_hash" not in results:
+        return [f"the {name} results predate provenance fingerprints (made at commit {results.get('commit')})"]
+    now = provenance(name, scale)
+    out = []
+    if results["config_hash"] != now["config_hash"]:
+        out.append(f"the configs {', '.join(now['recipe']['configs'])} resolve differently now than when these "
+                   f"results were made")
+    if results["code_hash"] != now["code_hash"]:
+        out.append(f"the code in {', '.join(now['recipe']['files'])} changed since these results were made")
+    return out
+
+
+def provenance_note(results: dict) -> str:
+    """One line for a notebook: what made the results, and a warning when the code moved on since."""
+    head = (f"results: {results.get('command')} at commit {results.get('commit')} (prunelab "
+            f"{results.get('package_version')}, {results.get('created')})")
+    stale = staleness(results)
+    return head + ("" if not stale else "\nWARNING: cached results older than the code: " + "; ".join(stale)
+                   + " (rerun the command above to refresh them)")
+
+
 def write_results(path, results: dict, say=print) -> Path:
-    """Write a study's results, with the commit and package version that made them. A partial study
-    (a ``--parts`` subset, or sub-runs missing) never replaces a complete results file: it goes
-    beside it as ``<name>.partial.json``, marked partial."""
+    """Write a study's results, with the commit, package version and recipe fingerprints (configs and
+    code, :func:`provenance`) that made them. A partial study (a ``--parts`` subset, or sub-runs
+    missing) never replaces a complete results file: it goes beside it as ``<name>.partial.json``,
+    marked partial."""
     import json
 
     from .. import __version__
@@ -56,6 +120,8 @@ def write_results(path, results: dict, say=print) -> Path:
 
     path = Path(path)
     results = {**results, "commit": git_commit(REPO_ROOT), "package_version": __version__}
+    if results.get("study") in RECIPES and results.get("scale") in ("ci", "cpu", "paper"):
+        results.update(provenance(results["study"], results["scale"]))
     if not results.get("complete"):
         results = {**results, "partial": True}
         if path.exists():
@@ -75,7 +141,7 @@ def experiments() -> dict:
     import importlib
 
     out = {}
-    for name in ("bar", "pfs", "quickstart", "manidp"):
+    for name in ("bar", "pfs", "quickstart", "manidp", "ddnp"):
         mod = importlib.import_module(f".{name}_study", __name__)
         out[name] = mod.run
     return out
@@ -89,8 +155,8 @@ def run(name: str, scale: str, out=None, *, parts=None, quiet: bool = False, res
     if name not in exps:
         raise UnknownNameError("experiment", name, exps)
     kw = {"collect": True} if collect else {}
-    if collect and name not in ("bar", "pfs", "manidp"):
-        raise ConfigError(f"--collect is supported by the bar, pfs and manidp studies, not {name!r}")
+    if collect and name not in ("bar", "pfs", "manidp", "ddnp"):
+        raise ConfigError(f"--collect is supported by the bar, pfs, manidp and ddnp studies, not {name!r}")
     return exps[name](scale, out, parts=parts, quiet=quiet, results=results, **kw)
 
 
@@ -119,7 +185,9 @@ def load_results(name: str, scale: str, *, out=None, run_if_missing: bool = True
     path = results_path(name, scale)
     if scale == "ci" and run_if_missing:
         tmp = Path(out or tempfile.mkdtemp(prefix=f"prunelab-{name}-ci-"))
-        return run(name, "ci", tmp / "runs", quiet=quiet, results=tmp / f"{name}_ci.json")
+        made = run(name, "ci", tmp / "runs", quiet=quiet, results=tmp / f"{name}_ci.json")
+        written = tmp / f"{name}_ci.json"  # as written: with its commit, version and fingerprints
+        return {**made, **json.loads(written.read_text())} if written.exists() else made
     if not path.exists():
         from ..errors import DataError
 

@@ -47,6 +47,9 @@ class Method(Hook):
         slot_set: which of the model's declared default placements the gates go to
             (``"internal"``: block-internal channels; ``"outputs"``: every conv output).
         result_kind: the kind of :class:`PrunedResult` :meth:`finalize` returns.
+        extracts: a generated result is extracted into its static network (hard masks, physically
+            compact) before fine-tuning, which then trains that network alone (DDNP); otherwise the
+            result's module is fine-tuned as it is.
         budget_tolerance: relative tolerance within which :meth:`finalize` meets a budget by
             selection; None when the budget is reached by training instead (BAR's barrier, L0's
             penalty), so that the selected cost depends on how long the method trained.
@@ -57,6 +60,7 @@ class Method(Hook):
     Options: ClassVar[type] = MethodOptions
     slot_set: ClassVar[str] = "internal"
     result_kind: ClassVar[str] = "static"
+    extracts: ClassVar[bool] = False
     budget_tolerance: ClassVar[float | None] = 0.01
     needs_budget: ClassVar[bool] = True
 

@@ -41,7 +41,9 @@ class PfsOptions(MethodOptions):
     ``density_target`` (alias ``r``, P4): the target mean gate, 1 - pruning ratio; ``lambda``: weight of
     ``(mean |gate| - r)^2``; ``gate_lr``: Adam on the gates; ``refine``: add channels one by one after the
     bisection (P3); ``count_pool``: count average pooling in MACs (PFS's counter); ``reference``:
-    ``unexpanded`` measures the budget against the default-width network (P5), ``model`` against this one.
+    ``unexpanded`` measures the budget against the default-width network (P5), ``model`` against this one;
+    ``stop_when_saved``: end gate learning at the first epoch the save rule keeps gates (the cpu protocol;
+    the official code runs all its epochs and keeps the best saved ones).
     """
 
     density_target: float = 0.5
@@ -51,6 +53,7 @@ class PfsOptions(MethodOptions):
     refine: bool = False
     count_pool: bool = False
     reference: Literal["unexpanded", "model"] = "unexpanded"
+    stop_when_saved: bool = False
 
     def check(self):
         super().check()
@@ -116,7 +119,10 @@ class PruningFromScratch(Method):
 
     def end_epoch(self, trainer, epoch):
         d = self.density()
-        held = trainer.last_eval.get("val", trainer.last_eval.get("test", {})).get("acc")
+        if "val" not in trainer.last_eval and "test" in trainer.last_eval:
+            raise ConfigError("pfs keeps the gates of its best held-out epoch and never selects on the test set: "
+                              "give the learn stage a held-out split (data.holdout, e.g. 5000 as the paper's 45k/5k)")
+        held = trainer.last_eval.get("val", {}).get("acc")
         saved = False
         if held is not None and d <= self.density_target and (self.best is None or held > self.best[0]):
             self.best = (held, epoch + 1, [g.detach().clone().cpu() for g in self._gates])
@@ -124,6 +130,9 @@ class PruningFromScratch(Method):
         rec = {"gate_density": d, "mean_gate": float(self.mean_gate().detach()), "gates_saved": saved}
         self.log.append({"epoch": epoch + 1, **rec, "heldout_acc": held})
         return rec
+
+    def should_stop(self, trainer):
+        return self.options.stop_when_saved and self.best is not None
 
     def state_dict(self):
         out = {"log": self.log}

@@ -24,15 +24,26 @@ from ..errors import ConfigError
 from ..models.spec import ModelSpec
 from .structure import Structure
 
-METRICS = ("macs", "flops", "params", "volume", "channels")
+METRICS = ("macs", "flops", "params", "volume", "channels", "latency")
+ROUNDINGS = (1, 2, 4, 8, 16)
 
 
 @dataclass(frozen=True)
 class Budget:
-    """A resource target: ``metric`` kept at ``keep`` x the reference (keep = 1 - reduction = 1/factor)."""
+    """A resource target: ``metric`` kept at ``keep`` x the reference (keep = 1 - reduction = 1/factor).
+
+    ``metric="latency"``: measured inference time on this device, predicted from a latency table
+    (:mod:`prunelab.pruning.latency`) at ``batch`` images per call (``threads`` CPU threads, ``device``);
+    ``round_to``: kept widths are multiples of this (1: any width; ``"auto"``: the multiple among
+    1, 2, 4, 8, 16 that keeps the most channels within the same predicted latency, i.e. the table decides).
+    """
 
     metric: str
     keep: float
+    batch: int = 1
+    threads: int | None = None
+    device: str = "cpu"
+    round_to: int | str = 1
 
     def __post_init__(self):
         if self.metric not in METRICS:
@@ -40,6 +51,11 @@ class Budget:
         k = self.keep
         if isinstance(k, bool) or not isinstance(k, (int, float)) or not math.isfinite(k) or not 0 < k <= 1:
             raise ConfigError(f"budget keep must be a number in (0, 1], got {k!r} (0.5 keeps half)")
+        if self.round_to != "auto" and (isinstance(self.round_to, bool) or not isinstance(self.round_to, int)
+                                        or self.round_to < 1):
+            raise ConfigError(f"budget round_to must be a whole number >= 1 or auto, got {self.round_to!r}")
+        if isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch < 1:
+            raise ConfigError(f"budget batch must be a whole number >= 1, got {self.batch!r}")
 
     @classmethod
     def parse(cls, spec) -> "Budget":
@@ -52,9 +68,13 @@ class Budget:
         if metric not in METRICS:
             raise ConfigError(f"budget.metric must be one of {METRICS}, got {metric!r}")
         given = [k for k in ("keep", "reduction", "factor") if spec.get(k) is not None]
-        unknown = set(spec) - {"metric", "keep", "reduction", "factor", "mode", "reference"}
+        latency_keys = {"batch", "threads", "device", "round_to"}
+        unknown = set(spec) - {"metric", "keep", "reduction", "factor", "mode", "reference"} - latency_keys
         if unknown:
-            raise ConfigError(f"unknown budget key(s) {sorted(unknown)}; valid: metric, keep, reduction, factor")
+            raise ConfigError(f"unknown budget key(s) {sorted(unknown)}; valid: metric, keep, reduction, factor "
+                              f"(and for metric latency: batch, threads, device, round_to)")
+        if metric != "latency" and set(spec) & (latency_keys - {"round_to"}):
+            raise ConfigError(f"budget keys {sorted(set(spec) & latency_keys)} belong to metric latency, not {metric}")
         if len(given) != 1:
             raise ConfigError("budget needs exactly one of keep (remaining fraction), reduction or factor")
         k = given[0]
@@ -73,7 +93,23 @@ class Budget:
         if k == "factor" and not v >= 1:
             raise ConfigError(f"budget.factor must be >= 1, got {v} (2 halves the cost)")
         keep = v if k == "keep" else (1 - v if k == "reduction" else 1 / v)
-        return cls(metric, keep)
+        extra = {}
+        for name in ("batch", "threads"):
+            if spec.get(name) is not None:
+                n = spec[name]
+                if isinstance(n, bool) or not isinstance(n, (int, float)) or n != int(n) or n < 1:
+                    raise ConfigError(f"budget.{name} must be a whole number >= 1, got {n!r}")
+                extra[name] = int(n)
+        if spec.get("device") is not None:
+            if spec["device"] not in ("cpu", "cuda") and not str(spec["device"]).startswith("cuda:"):
+                raise ConfigError(f"budget.device must be cpu, cuda or cuda:N, got {spec['device']!r}")
+            extra["device"] = str(spec["device"])
+        if spec.get("round_to") is not None:
+            r = spec["round_to"]
+            if r != "auto" and (isinstance(r, bool) or not isinstance(r, (int, float)) or r != int(r) or r < 1):
+                raise ConfigError(f"budget.round_to must be a whole number >= 1 or auto, got {r!r}")
+            extra["round_to"] = r if r == "auto" else int(r)
+        return cls(metric, keep, **extra)
 
     @property
     def factor(self) -> float:
@@ -88,8 +124,12 @@ class Budget:
 
 
 def measure(spec: ModelSpec, structure_or_alive, metric: str, *, residual="mixed", count_pool=False,
-            scored=None) -> float:
-    """The value of one budget metric for a structure."""
+            scored=None, latency=None) -> float:
+    """The value of one budget metric for a structure (``latency``: the table's prediction, seconds)."""
+    if metric == "latency":
+        if latency is None:
+            raise ConfigError("a latency budget needs a latency table (prunelab latency-table MODEL)")
+        return latency.predict_structure(structure_or_alive)
     if metric == "channels":
         alive = getattr(structure_or_alive, "alive", structure_or_alive) or {}
         names = scored or [t.name for t in spec.tensors]
@@ -143,7 +183,7 @@ class _Units:
 def solve_budget(spec: ModelSpec, scores: dict, budget: Budget | dict, *, mode: str = "global", groups=None,
                  min_channels: int = 1, residual: str = "mixed", count_pool: bool = False,
                  reference: float | None = None, refine: bool = True, model_kwargs=None,
-                 tolerance: float = 0.005) -> tuple[Structure, dict]:
+                 tolerance: float = 0.005, latency=None) -> tuple[Structure, dict]:
     """Choose the channels to keep so that ``budget`` is met.
 
     Args:
@@ -158,6 +198,12 @@ def solve_budget(spec: ModelSpec, scores: dict, budget: Budget | dict, *, mode: 
         reference: the value the budget is relative to (default: the dense model's).
         refine: after bisection, add lower-ranked channels one by one while the cost fits.
         tolerance: relative distance to the target reported as met.
+        latency: the :class:`~prunelab.pruning.latency.LatencyTable` of a latency budget (default: the
+            cached table for the budget's batch, device and threads, measured when missing).
+
+    A budget's ``round_to`` m keeps multiples of m channels per tensor (a tensor's top-ranked ones;
+    at least ``min_channels``, the full width allowed); ``"auto"`` solves with each m of 1, 2, 4, 8,
+    16 and keeps the structure with the most channels (ties: the smaller m).
 
     Returns:
         ``(structure, report)``; the report holds the target, the achieved value and their ratio.
@@ -169,7 +215,12 @@ def solve_budget(spec: ModelSpec, scores: dict, budget: Budget | dict, *, mode: 
     if not units.members:
         raise ConfigError("no scored tensors: nothing to prune")
     scored = [n for m in units.members for n in m]
-    kw = dict(residual=residual, count_pool=count_pool, scored=scored)
+    if budget.metric == "latency" and latency is None:
+        from .latency import latency_table
+
+        latency = latency_table(spec.model, model_kwargs, names=scored, batch=budget.batch, device=budget.device,
+                                threads=budget.threads)
+    kw = dict(residual=residual, count_pool=count_pool, scored=scored, latency=latency)
     metric = "macs" if budget.metric == "flops" else budget.metric  # flops = 2 x macs: same ratio
     ref = reference if reference is not None else measure(spec, {}, metric, **kw)
     if reference is not None and budget.metric == "flops":
@@ -177,6 +228,35 @@ def solve_budget(spec: ModelSpec, scores: dict, budget: Budget | dict, *, mode: 
     target = budget.keep * ref
     sizes = units.sizes
     mins = np.minimum(sizes, max(0, int(min_channels)))
+    if budget.round_to == "auto":
+        tried = []
+        for m in ROUNDINGS:
+            st, rep = solve_budget(spec, scores, Budget(budget.metric, budget.keep, budget.batch, budget.threads,
+                                                        budget.device, m), mode=mode, groups=groups,
+                                   min_channels=min_channels, residual=residual, count_pool=count_pool,
+                                   reference=reference, refine=refine, model_kwargs=model_kwargs,
+                                   tolerance=tolerance, latency=latency)
+            tried.append((rep["channels_kept"], -m, st, rep))
+        def fits(rep):
+            return rep["achieved"] <= rep["target"] * (1 + 1e-9)
+
+        kept, neg_m, st, rep = max(tried, key=lambda t: (t[0] * fits(t[3]), t[1]))
+        rep["round_to"] = {"auto": -neg_m}
+        rep["round_to_tried"] = {str(-t[1]): {"channels_kept": t[0], "fits": fits(t[3])} for t in tried}
+        st.meta["budget"] = rep
+        return st, rep
+    step = int(budget.round_to)
+
+    def rounded(keep):
+        if step == 1:
+            return keep
+        out = []
+        for u, k in enumerate(keep):
+            n = len(k)
+            if n < sizes[u]:
+                n = max(int(mins[u]), (n // step) * step, min(step, int(sizes[u])) if mins[u] > 0 else 0)
+            out.append(units.rank_in_unit[u][:n] if n != len(k) else k)
+        return out
 
     def keep_sets_global(k: int):
 
@@ -191,11 +271,11 @@ def solve_budget(spec: ModelSpec, scores: dict, budget: Budget | dict, *, mode: 
                 continue
             keep[u].append(c)
             taken += 1
-        return [np.array(x, dtype=np.int64) for x in keep]
+        return rounded([np.array(x, dtype=np.int64) for x in keep])
 
     def keep_sets_uniform(ratio: float):
-        return [units.rank_in_unit[u][:max(mins[u], min(sizes[u], int(math.ceil(ratio * sizes[u] - 1e-9))))]
-                for u in range(len(sizes))]
+        return rounded([units.rank_in_unit[u][:max(mins[u], min(sizes[u], int(math.ceil(ratio * sizes[u] - 1e-9))))]
+                        for u in range(len(sizes))])
 
     def cost_of(keep):
         return measure(spec, units.alive(keep), metric, **kw)
@@ -214,7 +294,7 @@ def solve_budget(spec: ModelSpec, scores: dict, budget: Budget | dict, *, mode: 
                 else:
                     hi = mid - 1
             best = keep_sets_global(lo)
-            if refine:
+            if refine and step == 1:
                 best = _refine(units, best, cost_of, target)
     else:
         lo, hi = 0.0, 1.0
@@ -240,8 +320,11 @@ def solve_budget(spec: ModelSpec, scores: dict, budget: Budget | dict, *, mode: 
         "relative_error": (achieved - target) / target, "within_tolerance": abs(achieved - target) <= tolerance * target,
         "channels_kept": int(sum(len(b) for b in best)), "channels_total": int(sizes.sum()),
         "zero_score_kept": int(np.sum(kept_scores == 0)), "iterations": iterations,
-        "residual": residual, "count_pool": count_pool, "min_channels": int(min_channels),
+        "residual": residual, "count_pool": count_pool, "min_channels": int(min_channels), "round_to": step,
     }
+    if budget.metric == "latency":
+        report.update({"batch": budget.batch, "device": latency.key.get("device"), "threads": latency.key.get("threads"),
+                       "latency_table": latency.meta.get("path"), "unit": "seconds per call (predicted)"})
     structure = Structure._make(spec, alive, model_kwargs=model_kwargs, meta={"budget": report})
     return structure, report
 

@@ -242,6 +242,10 @@ def compact(model: nn.Module, structure: Structure | None = None) -> nn.Module:
             conv_bn.append((op.name, op.bn))
     family.rebuild(new, spec, alive)
     conv_bn = family.kept_conv_bn(new, conv_bn)
+    # a new network to fine-tune: every parameter trains, even where a method froze the dense one
+    # (PFS and DDNP learn gates on frozen weights, and a deep copy keeps requires_grad=False)
+    for p in new.parameters():
+        p.requires_grad_(True)
     new.prunelab_name = spec.model
     new.prunelab_kwargs = dict(getattr(net, "prunelab_kwargs", {}))
     new.prunelab_compact = True

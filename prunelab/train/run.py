@@ -52,6 +52,11 @@ def build_loaders(data: DataConfig, device, *, seed: int = 0, channels_last: boo
         test_idx = subset_per_class(ds.test_labels, data.test_per_class, seed=data.subset_seed)
     evals = {"test": CifarLoader(ds.test_images[test_idx], ds.test_labels[test_idx], test_idx,
                                  batch_size=data.eval_batch_size, train=False, **common)}
+    if val_idx is not None and data.val_per_class:
+        if np.bincount(ty[val_idx], minlength=10).min() < data.val_per_class:
+            raise ConfigError(f"data.val_per_class ({data.val_per_class}) exceeds the held-out images of some class; "
+                              f"lower it")
+        val_idx = val_idx[subset_per_class(ty[val_idx], data.val_per_class, seed=data.subset_seed)]
     if val_idx is not None:
         evals["val"] = CifarLoader(tx[val_idx], ty[val_idx], val_idx, batch_size=data.eval_batch_size,
                                    train=False, **common)
@@ -111,6 +116,10 @@ def preflight(cfg: Config, dist_info: DistInfo = DistInfo()) -> None:
         if not 0 < held < n:
             raise ConfigError(f"data.holdout ({d.holdout}) must leave between 1 and {n - 1} of the {n} training "
                               f"images; lower it")
+        n_val = n - held if d.train_on_holdout else held
+        if d.val_per_class and 10 * d.val_per_class > n_val:
+            raise ConfigError(f"data.val_per_class ({d.val_per_class}) asks for more than the {n_val} held-out images; "
+                              f"lower it")
         n = held if d.train_on_holdout else n - held
     if d.batch_size % dist_info.world_size:
         raise ConfigError(f"data.batch_size ({d.batch_size}) must be divisible by the number of processes "

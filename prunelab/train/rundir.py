@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import RunDirError
+from ..errors import RunDirBusyError, RunDirError
 from ..runfiles import load_checkpoint, read_metrics, summed_epoch_time  # noqa: F401  (re-exported)
 from ..utils import atomic_write_bytes, atomic_write_text, move_aside, to_jsonable
 
@@ -78,7 +78,7 @@ class RunDir:
             f.seek(0)
             pid = f.read().strip() or "?"
             f.close()
-            raise RunDirError(f"{self.path} is in use by another process (pid {pid}); wait for it to finish "
+            raise RunDirBusyError(f"{self.path} is in use by another process (pid {pid}); wait for it to finish "
                               f"or write to another --out") from None
         f.seek(0)
         f.truncate()

@@ -106,6 +106,7 @@ class Trainer:
         self.steps_per_epoch = len(train_loader)
         self.total_steps = self.cfg.epochs * self.steps_per_epoch
         self.history: list[dict] = []
+        self.stopped_early: int | None = None  # the epoch after which a hook ended training, if one did
         self.last_eval: dict = {}  # evaluations of the epoch just finished (hooks read it in end_epoch)
         self._sums: dict[str, torch.Tensor] = {}
         self._nonfinite = None  # count of steps whose loss was NaN/inf since the last check (on the device)
@@ -260,7 +261,7 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.global_step, disable=None if show else True,
                    desc=self.stage or "train", dynamic_ncols=True, leave=False)
         t_epoch = time.time()
-        stop = False
+        stop = any(h.should_stop(self) for h in self.hooks) and self.step_in_epoch == 0  # a resumed early stop
         while self.epoch < cfg.epochs and not stop:
             self.train_loader.set_epoch(self.epoch)
             self._set_mode(True)
@@ -290,6 +291,9 @@ class Trainer:
             if show:
                 tqdm.write(self._summary(record))
             t_epoch = time.time()
+            if self.epoch < cfg.epochs and any(h.should_stop(self) for h in self.hooks):
+                self.stopped_early = self.epoch
+                stop = True
         bar.close()
         return self.history[-1] if self.history else {}
 

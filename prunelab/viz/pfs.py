@@ -140,7 +140,7 @@ def plot_layer_widths(study: dict, seed: int, ax=None, compare: tuple[int, int] 
     pretrained = [k for k in keys if k[1] != RANDOM_EPOCH]
     shades = plt.get_cmap("Blues")(np.linspace(0.4, 0.95, max(len(pretrained), 1)))
     for colour, key in zip(shades, pretrained):
-        ax.plot(layers, by_key[key]["widths"], color=colour, lw=1.1, marker=".", label=f"epoch {key[1]}")
+        ax.plot(layers, by_key[key]["widths"], color=colour, lw=1.1, marker=".", label=checkpoint_name(study, *key))
     if (int(seed), RANDOM_EPOCH) in keys:
         # drawn last so the red line stays visible on top of the pretrained ones
         ax.plot(layers, by_key[(int(seed), RANDOM_EPOCH)]["widths"], color=RANDOM_COLOUR, lw=2.2,
@@ -158,6 +158,23 @@ def plot_layer_widths(study: dict, seed: int, ax=None, compare: tuple[int, int] 
     ax.set_ylim(bottom=0)
     ax.legend(ncol=2 if len(keys) > 5 else 1, fontsize=7)
     return title_with_scale(ax, f"Channels per layer, {_model_prefix(study)}seed {seed}", study["scale"])
+
+
+def checkpoint_name(study: dict, seed: int, epoch: int) -> str:
+    """``"epoch 5 (71.3 % test)"``: a checkpoint with its test accuracy when the study recorded it."""
+    if int(epoch) == RANDOM_EPOCH:
+        return "random init"
+    acc = (study.get("pretrain_acc") or {}).get(str(int(seed)), {}).get(str(int(epoch)))
+    return f"epoch {int(epoch)}" + (f" ({100 * acc:.1f} % test)" if acc is not None else "")
+
+
+def _finer_vmin(block: np.ndarray) -> float | None:
+    """The lower quartile of a block's off-diagonal correlations: the "finer colour scale" of the
+    supplement's right panel shows how the high correlations differ (cells below it take the bottom
+    colour; the colour bar says so)."""
+    off = block[~np.eye(len(block), dtype=bool)]
+    off = off[np.isfinite(off)]
+    return float(np.percentile(off, 25)) if off.size else None
 
 
 def plot_seed_panel(study: dict, seed: int, fig=None, kind: str = "counts"):
@@ -192,8 +209,11 @@ def plot_seed_panel(study: dict, seed: int, fig=None, kind: str = "counts"):
     keep = [i for i, label in enumerate(labels) if not label.endswith("/random")]
     if keep:
         block = corr[np.ix_(keep, keep)]
-        plot_correlation_matrix(block, [labels[i] for i in keep], ax=ax_fine,
-                                title=f"pretrained checkpoints only (finer colour scale), seed {seed}",
+        vmin = _finer_vmin(block)
+        plot_correlation_matrix(block, [labels[i] for i in keep], ax=ax_fine, vmin=vmin,
+                                title=f"pretrained checkpoints only, seed {seed}\nfiner colour scale: from the "
+                                      f"lower quartile r = {vmin:.2f} (below: darkest)" if vmin is not None else
+                                      f"pretrained checkpoints only, seed {seed}",
                                 colorbar_label=bar)
     else:
         ax_fine.axis("off")
@@ -201,8 +221,10 @@ def plot_seed_panel(study: dict, seed: int, fig=None, kind: str = "counts"):
                      transform=ax_fine.transAxes)
     plot_layer_widths(study, seed, ax=ax_widths)
     ax_widths.set_title(f"channels per layer, seed {seed} (red: random init)")
-    fig.suptitle(f"PFS: effect of pre-trained weights on the pruned structure, "
-                 f"{_model_prefix(study)}seed {seed}\n{scale_label(study['scale'])}")
+    ckpts = ", ".join(checkpoint_name(study, seed, e) for e in study["epochs"] if int(e) != RANDOM_EPOCH
+                      and (int(seed), int(e)) in set(selected_keys(study, seeds=[seed])))
+    fig.suptitle(f"PFS: effect of pre-trained weights on the pruned structure, {_model_prefix(study)}seed {seed}\n"
+                 f"checkpoints: {ckpts}\n{scale_label(study['scale'])}")
     return fig
 
 
@@ -310,6 +332,7 @@ def render_table_s1(ax=None):
     table = ax.table(cellText=cells, colLabels=header, loc="center", cellLoc="center")
     table.auto_set_font_size(False)
     table.set_fontsize(8)
+    table.auto_set_column_width(list(range(len(header))))  # headers are not clipped
     table.scale(1.0, 1.25)
     for col in range(len(header)):
         table[0, col].set_text_props(weight="bold")

@@ -162,7 +162,8 @@ class ActiveNeuronsExplorer(_FigureWidget):
 
 
 class StructureExplorer(_FigureWidget):
-    """Pick a seed and a checkpoint (and a second structure): per-layer widths vs the full widths (PFS)."""
+    """Pick a seed and a checkpoint (and a second structure): per-layer widths (channel counts or keep
+    ratios) against the full widths (PFS). Structures the study lacks (a partial study) are said so."""
 
     figsize = (8, 3.8)
 
@@ -173,32 +174,50 @@ class StructureExplorer(_FigureWidget):
         self.epoch = W.Dropdown(options=epochs, value=epochs[0], description="checkpoint")
         self.seed2 = W.Dropdown(options=seeds, value=seeds[-1], description="vs seed")
         self.epoch2 = W.Dropdown(options=epochs, value=epochs[-1], description="checkpoint")
-        super().__init__([self.seed, self.epoch, self.seed2, self.epoch2])
+        self.kind = W.ToggleButtons(options=[("channel counts", "counts"), ("keep ratios", "ratio")], value="counts",
+                                    description="show")
+        super().__init__([self.seed, self.epoch, self.seed2, self.epoch2, self.kind])
+        self.widget.children = (W.HBox([self.seed, self.epoch, self.seed2, self.epoch2]), W.HBox([self.kind]),
+                                self.out, self.label)
         self.update()
 
     def widths(self, seed, epoch):
+        """The structure's channel counts, or None when the study has none for (seed, epoch)."""
         for s in self.study["structures"]:
             if s["seed"] == seed and s["epoch"] == epoch:
-                return np.asarray(s["widths"])
-        raise KeyError((seed, epoch))
+                return np.asarray(s["widths"], dtype=float)
+        return None
 
     def draw(self, ax):
+        from .pfs import checkpoint_name
         from .style import scale_label
 
-        full = np.asarray(self.study["full_widths"])
+        full = np.asarray(self.study["full_widths"], dtype=float)
+        ratio = self.kind.value == "ratio"
         a = self.widths(self.seed.value, self.epoch.value)
         b = self.widths(self.seed2.value, self.epoch2.value)
         x = np.arange(len(full))
-        name = lambda s, e: f"seed {s}, {'random init' if e == 0 else f'epoch {e}'}"  # noqa: E731
-        ax.plot(x, full, "--", color="0.6", label="full width")
-        ax.plot(x, a, "o-", color="tab:red" if self.epoch.value == 0 else "tab:blue", label=name(self.seed.value, self.epoch.value))
-        ax.plot(x, b, "s-", color="tab:orange", alpha=0.8, label=name(self.seed2.value, self.epoch2.value))
+        name = lambda s, e: f"seed {s}, {checkpoint_name(self.study, s, e)}"  # noqa: E731
+        ax.plot(x, full / full if ratio else full, "--", color="0.6", label="full width")
+        for v, marker, colour, (s_, e_) in ((a, "o-", "tab:red" if self.epoch.value == 0 else "tab:blue",
+                                             (self.seed.value, self.epoch.value)),
+                                            (b, "s-", "tab:orange", (self.seed2.value, self.epoch2.value))):
+            if v is not None:
+                ax.plot(x, v / full if ratio else v, marker, color=colour, label=name(s_, e_))
         ax.set_xlabel("gated layer (block middle) index")
-        ax.set_ylabel("channels kept")
-        ax.set_title(f"Pruned structures at 50% MACs\n{scale_label(self.study['scale'])}")
+        ax.set_ylabel("keep ratio (kept / full width)" if ratio else "channels kept")
+        reductions = [s.get("reduction") for s in self.study["structures"] if s.get("reduction") is not None]
+        budget = f" at {100 * (1 - float(np.mean(reductions))):.0f} % MACs" if reductions else ""
+        ax.set_title(f"Pruned structures{budget}\n{scale_label(self.study['scale'])}")
         ax.legend(fontsize=7)
-        r = np.corrcoef(a, b)[0, 1] if a.std() > 0 and b.std() > 0 else float("nan")
-        return f"Pearson r between the two structures (channel counts): {r:.3f}; channels kept {int(a.sum())} vs {int(b.sum())}"
+        missing = [name(*k) for k, v in (((self.seed.value, self.epoch.value), a), ((self.seed2.value, self.epoch2.value), b))
+                   if v is None]
+        if missing:
+            return f"not in this (partial) study: {'; '.join(missing)}"
+        va, vb = (a / full, b / full) if ratio else (a, b)
+        r = np.corrcoef(va, vb)[0, 1] if va.std() > 0 and vb.std() > 0 else float("nan")
+        what = "keep ratios" if ratio else "channel counts"
+        return f"Pearson r between the two structures ({what}): {r:.3f}; channels kept {int(a.sum())} vs {int(b.sum())}"
 
 
 class InstanceExplorer(_FigureWidget):
@@ -267,3 +286,284 @@ class SimilarityExplorer(_FigureWidget):
         a = self._agreement(m[0].astype(np.float64), m[1].astype(np.float64))
         return f"{self.layer.value}, {self.variant.label}: Pearson r of R and T off the diagonal {a['pearson']:.3f}, " \
                f"mean (R - T)^2 = {a['loss']:.4f}"
+
+
+class DDNPSweepExplorer(_FigureWidget):
+    """DDNP: pick a sweep (lambda or rho), its value and a seed: the search curves of that run (test
+    accuracy of the masked network, R/p of the eval widths) and the per-layer widths it ends with."""
+
+    figsize = (11.0, 3.6)
+
+    def __init__(self, study: dict):
+        from ..analysis.ddnp import runs_of
+
+        self.study, self._runs_of = study, runs_of
+        self.sweeps = {"lambda": self._values("lambda", 4.0), "rho": self._values("rho", 1.0)}
+        sweeps = [k for k, v in self.sweeps.items() if v]
+        self.sweep = W.ToggleButtons(options=sweeps, value=sweeps[0], description="sweep")
+        self.value = W.Dropdown(options=self._options(sweeps[0]), description="value")
+        seeds = sorted({r["seed"] for r in study["runs"].values()})
+        self.seed = W.Dropdown(options=seeds, value=seeds[0], description="seed")
+        self.sweep.observe(self._on_sweep, names="value")
+        super().__init__([self.sweep, self.value, self.seed])
+        self.update()
+
+    def _values(self, prefix: str, full_value: float) -> dict:
+        out = {float(n.split("=")[1]): n for n in self.study["settings"]
+               if n.startswith(prefix + "=") and self._runs_of(self.study, n)}
+        if out and self._runs_of(self.study, "full"):
+            out[full_value] = "full"
+        return dict(sorted(out.items()))
+
+    def _options(self, sweep):
+        return [(f"{v:g}" + (" (full method)" if n == "full" else ""), n) for v, n in self.sweeps[sweep].items()]
+
+    def _on_sweep(self, change=None):
+        self.value.unobserve(self.on_change, names="value")
+        self.value.options = self._options(self.sweep.value)
+        self.value.value = self.value.options[0][1]
+        self.value.observe(self.on_change, names="value")
+
+    def run(self):
+        for r in self._runs_of(self.study, self.value.value):
+            if r["seed"] == self.seed.value:
+                return r
+        return None
+
+    def draw(self, ax):
+        from ..analysis.ddnp import curve
+        from .ddnp import plot_widths
+        from .style import scale_label
+
+        r = self.run()
+        fig = ax.figure
+        ax.set_position([0.05, 0.2, 0.27, 0.62])
+        ax_r = fig.add_axes([0.38, 0.2, 0.2, 0.62])
+        ax_w = fig.add_axes([0.66, 0.2, 0.32, 0.62])
+        name = f"{self.sweep.value} = {self.value.label.split(' ')[0]}, seed {self.seed.value}"
+        if r is None:
+            ax.text(0.5, 0.5, f"no run for {name}", ha="center", transform=ax.transAxes)
+            return f"{name}: not run (see the study's missing list)"
+        e, acc = curve([r], "test_acc")
+        ax.plot(e, 100 * acc[0], "o-", markersize=3)
+        ax.set(xlabel="search epoch", ylabel="test accuracy (%)", title=f"masked network\n{scale_label(self.study['scale'])}")
+        e, rh = curve([r], "R_hard", lambda v, run: v / run["p"])
+        ax_r.plot(e, rh[0], color="C1")
+        ax_r.axhline(1, color="0.3", linestyle="--", linewidth=1)
+        ax_r.set(xlabel="search epoch", ylabel="R / p (eval widths)", title=name)
+        plot_widths(self.study["layers"], self.study["channels"], {"kept": r["widths"]}, ax=ax_w,
+                    title="final widths", scale=self.study["scale"])
+        acc_text = f"{100 * r['extracted_test_acc']:.2f}% extracted"
+        if r.get("finetuned_test_acc") is not None:
+            acc_text += f", {100 * r['finetuned_test_acc']:.2f}% fine-tuned"
+        return f"{name}: final R = {r['R_hard']:.3f} (p = {r['p']:g}), {r['macs'] / 1e6:.2f} M MACs, {acc_text}"
+
+
+class ArchitectureCompare(_FigureWidget):
+    """DDNP: two searched architectures (setting and seed each) side by side, per-layer widths against
+    the full network, with their costs and accuracies."""
+
+    figsize = (9.0, 3.8)
+
+    def __init__(self, study: dict, first: str = "full", second: str | None = None):
+        self.study = study
+        self.keys = sorted(study["runs"], key=lambda k: (list(study["settings"]).index(study["runs"][k]["setting"]), k))
+        second = second or next((k for k in self.keys if not k.startswith(first + "/")), self.keys[-1])
+        first = next((k for k in self.keys if k.startswith(first + "/")), self.keys[0])
+        self.a = W.Dropdown(options=self.keys, value=first, description="first")
+        self.b = W.Dropdown(options=self.keys, value=second if second in self.keys else self.keys[-1],
+                            description="second")
+        super().__init__([self.a, self.b])
+        self.update()
+
+    def draw(self, ax):
+        from .ddnp import plot_widths
+
+        ra, rb = self.study["runs"][self.a.value], self.study["runs"][self.b.value]
+        plot_widths(self.study["layers"], self.study["channels"], {self.a.value: ra["widths"], self.b.value: rb["widths"]},
+                    ax=ax, title="Searched widths", scale=self.study["scale"])
+        ka = np.asarray(ra["widths"], float) / np.asarray(self.study["channels"], float)
+        kb = np.asarray(rb["widths"], float) / np.asarray(self.study["channels"], float)
+        r = np.corrcoef(ka, kb)[0, 1] if ka.std() > 0 and kb.std() > 0 else float("nan")
+
+        def acc(run):
+            a = run.get("finetuned_test_acc") or run["extracted_test_acc"]
+            return f"{100 * a:.2f}%"
+
+        return (f"{self.a.value}: R {ra['R_hard']:.3f}, {ra['macs'] / 1e6:.2f} M MACs, {acc(ra)} | {self.b.value}: "
+                f"R {rb['R_hard']:.3f}, {rb['macs'] / 1e6:.2f} M MACs, {acc(rb)} | Pearson r of keep ratios {r:.3f}")
+
+
+class RunExplorer:
+    """Explore pruned networks: pick one or two entries of a catalog
+    (:func:`prunelab.experiments.catalog.catalog`: cached study results and run directories) and a view:
+    per-layer widths against the full network, each layer's share of the MACs or of the activation
+    volume, or, for a dynamic network, one test image's kept channels (pick it by its cost rank). The
+    label gives each network's accuracy and cost and how alike the two structures are; *export* writes
+    the first structure as a plan file for ``prunelab compact PLAN --weights CKPT --out DIR``.
+
+    Analyses and plots live in :mod:`prunelab.analysis.structures` and :mod:`prunelab.viz.explorer`;
+    this class only wires them. ``images``: the CIFAR-10 test images (uint8, N x 3 x 32 x 32) for the
+    per-instance view.
+    """
+
+    NONE = "(none)"
+    VIEWS = ("widths", "MACs share", "V share", "per instance")
+
+    def __init__(self, entries: dict, *, scale: str | None = None, images=None, export_dir="out/plans",
+                 first: str | None = None, second: str | None = None):
+        from pathlib import Path
+
+        self.entries, self.scale, self.images = entries, scale, images
+        self.export_dir = Path(export_dir)
+        keys = list(entries)
+        if not keys:
+            raise ValueError("the catalog is empty: no cached results and no pruning runs found")
+        self.first = W.Dropdown(options=keys, value=first if first in entries else keys[0], description="network",
+                                layout=W.Layout(width="480px"))
+        self.second = W.Dropdown(options=[self.NONE] + keys, value=second if second in entries else self.NONE,
+                                 description="compare", layout=W.Layout(width="480px"))
+        self.view = W.ToggleButtons(options=list(self.VIEWS), value="widths", description="view")
+        self.instance = W.IntSlider(value=0, min=0, max=0, description="cost rank", continuous_update=False)
+        self.export_button = W.Button(description="export plan", icon="download")
+        self.export_path = W.Text(value="", placeholder="plan file (default out/plans/<name>.json)",
+                                  description="to", layout=W.Layout(width="420px"))
+        self.out = W.Output()
+        self.label = W.Label()
+        self.exported = None
+        for c in (self.first, self.second, self.view, self.instance):
+            c.observe(self.on_change, names="value")
+        self.export_button.on_click(self.export)
+        self.widget = W.VBox([W.HBox([self.first]), W.HBox([self.second]), W.HBox([self.view, self.instance]), self.out,
+                              self.label, W.HBox([self.export_button, self.export_path])])
+        self.update()
+
+    # -- data ----------------------------------------------------------------------------------------
+    def _spec(self, entry):
+        from .. import models
+
+        key = (entry.model, tuple(sorted(entry.model_kwargs.items())))
+        cache = self.__dict__.setdefault("_specs", {})
+        if key not in cache:
+            cache[key] = models.describe(models.create(entry.model, **entry.model_kwargs))
+        return cache[key]
+
+    def chosen(self) -> list:
+        out = [self.entries[self.first.value]]
+        if self.second.value != self.NONE:
+            out.append(self.entries[self.second.value])
+        return out
+
+    def on_change(self, change=None):
+        self.update()
+
+    # -- drawing -------------------------------------------------------------------------------------
+    def update(self):
+        from ..analysis.structures import layer_costs, structure_similarity
+        from .explorer import plot_cost_shares, plot_widths_vs_full
+
+        entries = self.chosen()
+        a = entries[0]
+        spec = self._spec(a)
+        dynamic = a.per_instance is not None
+        self.instance.disabled = not dynamic
+        if dynamic:
+            self.instance.max = len(a.per_instance["kept"]) - 1
+        names = [n for n in spec.names if any(n in e.widths for e in entries)]
+        with self.out:
+            self.out.clear_output(wait=True)
+            fig, ax = plt.subplots(figsize=(9.5, 3.8))
+            view = self.view.value
+            if view == "per instance" and dynamic:
+                self._draw_instance(a, ax)
+            elif view == "per instance":
+                ax.text(0.5, 0.5, f"{a.key} is static: one structure for every input", ha="center",
+                        transform=ax.transAxes)
+                ax.set_axis_off()
+            elif view == "widths":
+                plot_widths_vs_full({n: spec.tensor(n).channels for n in names},
+                                    {e.key: e.widths for e in entries}, ax=ax, scale=a.scale or self.scale,
+                                    title="Channels kept per gated tensor" + (" (dynamic: mean over test images)"
+                                                                             if dynamic else ""))
+            else:
+                rows = {e.key: [r for r in layer_costs(self._spec(e), e.widths) if r["name"] in names] for e in entries
+                        if e.model == a.model}
+                plot_cost_shares(rows, ax=ax, which="macs_share" if view == "MACs share" else "volume_share",
+                                 scale=a.scale or self.scale)
+            if not (view == "per instance" and dynamic):  # that view places its own axes
+                fig.tight_layout()
+            plt.show()
+        parts = [self._describe(e) for e in entries]
+        if len(entries) == 2 and entries[1].model == a.model:
+            sim = structure_similarity(spec, a.widths, entries[1].widths)
+            parts.append(f"Pearson r of keep ratios {sim['pearson_keep_ratios']:.3f}, of channel counts "
+                         f"{sim['pearson_counts']:.3f}")
+        elif len(entries) == 2:
+            parts.append("different models: no correlation")
+        self.label.value = " | ".join(parts)  # last: in a browser, the sign that the figure was redrawn
+
+    def _describe(self, e) -> str:
+        from ..counting import count
+
+        spec = self._spec(e)
+        c = count(spec, widths={n: int(round(w)) for n, w in e.widths.items()}) if e.per_instance is None else None
+        if e.per_instance is not None:
+            macs = float(self._instance_macs(e).mean())
+            cost = f"{macs / 1e6:.2f} M MACs mean over {len(e.per_instance['kept'])} test images"
+        else:
+            cost = f"{c.macs / 1e6:.2f} M MACs ({100 * c.macs / count(spec).macs:.1f}%), V {int(c.volume):,}"
+        acc = f"{100 * e.accuracy:.2f}% ({e.accuracy_note})" if e.accuracy is not None else e.accuracy_note or "no accuracy"
+        return f"{e.key}: {acc}, {cost}"
+
+    def _instance_macs(self, e):
+        from ..analysis.manidp import per_instance_macs
+
+        if "per_instance_macs" not in e.extra:  # counted once per entry
+            e.extra["per_instance_macs"] = per_instance_macs(self._spec(e), e.per_instance["kept"],
+                                                             e.per_instance["layers"])
+        return e.extra["per_instance_macs"]
+
+    def _draw_instance(self, e, ax):
+        from .manidp import CLASSES, plot_kept_channels, to_image
+
+        per = e.per_instance
+        spec = self._spec(e)
+        macs = self._instance_macs(e)
+        order = np.lexsort((np.arange(len(macs)), macs))
+        i = int(order[self.instance.value])
+        channels = [spec.tensor(n).channels for n in per["layers"]]
+        fig = ax.figure
+        if self.images is not None and "index" in per:
+            ax.set_position([0.30, 0.3, 0.68, 0.55])
+            img = fig.add_axes([0.02, 0.3, 0.22, 0.55])
+            img.imshow(to_image(self.images[int(per["index"][i])]))
+            img.set_xticks([]), img.set_yticks([])
+            right = " (correct)" if per.get("correct") is not None and per["correct"][i] else " (wrong)"
+            img.set_title(CLASSES[int(per["label"][i])] + right if "label" in per else "", fontsize=9)
+        plot_kept_channels(per["kept"][i], channels, per["layers"], ax=ax, scale=e.scale or self.scale,
+                           title=f"test image {int(per['index'][i]) if 'index' in per else i}: {macs[i] / 1e6:.2f} M MACs, "
+                                 f"cost rank {self.instance.value + 1} of {len(macs)}")
+
+    # -- export --------------------------------------------------------------------------------------
+    def export(self, button=None):
+        """Write the first network's structure as a plan file; the label says where and how to compact it."""
+        import re
+
+        from ..experiments.catalog import export_plan
+
+        e = self.entries[self.first.value]
+        if e.per_instance is not None:
+            self.label.value = f"{e.key} is dynamic (one structure per input): nothing to export"
+            return None
+        path = self.export_path.value.strip() or str(self.export_dir / (re.sub(r"[^A-Za-z0-9_.-]+", "_", e.key).strip("_")
+                                                                          + ".json"))
+        self.exported = export_plan(e, path)
+        note = "" if e.alive is not None else " (widths only: the first channels of each tensor are kept)"
+        self.label.value = (f"exported {e.key} to {self.exported}{note}; compact it with: prunelab compact "
+                            f"{self.exported} --weights <dense {e.model} checkpoint> --out <folder>")
+        return self.exported
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)

@@ -135,6 +135,45 @@ def evaluate_run(path) -> dict:
     return out
 
 
+def _prepare_out(out: Path, force: bool, quiet: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder for plan.json and weights.pt")
+    if (out / "plan.json").exists() or (out / "weights.pt").exists():
+        if not force:
+            raise ConfigError(f"{out} already holds a compact model (plan.json / weights.pt); pass --force to move "
+                              f"it aside, or choose another --out")
+        from ..utils import move_aside
+
+        backup = move_aside(out, what="compact model")
+        if not quiet:
+            print(f"--force: moved the existing compact model to {backup}")
+
+
+def compact_plan(plan, weights, out, *, force: bool = False, quiet: bool = True) -> Path:
+    """Compact the dense checkpoint ``weights`` to the structure plan file ``plan`` (``prunelab compact
+    PLAN --weights CKPT --out DIR``; the explorer notebook exports such plans)."""
+    from .. import models
+    from ..pruning.compact import compact, save_compact
+    from ..pruning.structure import Structure
+    from ..train.trainer import load_weights
+
+    if not weights:
+        raise ConfigError(f"{plan} is a plan file: give the dense checkpoint to compact with --weights "
+                          f"(e.g. runs/resnet20-30ep/model.pt)")
+    if not out:
+        raise ConfigError("compacting a plan file needs --out DIR for the compact model")
+    structure = Structure.load(plan)
+    net = models.create(structure.model, **structure.model_kwargs)
+    load_weights(net, weights)
+    structure.check(models.describe(net))
+    out = Path(out)
+    _prepare_out(out, force, quiet)
+    save_compact(compact(net, structure), structure, out)
+    if not quiet and structure.meta.get("alive_from"):
+        print(f"note: {structure.meta['alive_from']}")
+    return out
+
+
 def compact_run(run_dir, out=None, *, force: bool = False, quiet: bool = True) -> Path:
     """Write the compact model of a finished pruning run (``prunelab compact RUN [--out DIR]``).
 
@@ -161,14 +200,6 @@ def compact_run(run_dir, out=None, *, force: bool = False, quiet: bool = True) -
         raise ConfigError(f"--out {out} is a file; give a folder for plan.json and weights.pt")
     if out.resolve() == final.resolve():
         return out
-    if (out / "plan.json").exists() or (out / "weights.pt").exists():
-        if not force:
-            raise ConfigError(f"{out} already holds a compact model (plan.json / weights.pt); pass --force to move "
-                              f"it aside, or choose another --out")
-        from ..utils import move_aside
-
-        backup = move_aside(out, what="compact model")
-        if not quiet:
-            print(f"--force: moved the existing compact model to {backup}")
+    _prepare_out(out, force, quiet)
     result.save(out)
     return out

@@ -24,7 +24,7 @@ from ..errors import ConfigError, RunDirError
 from ..methods import Method
 from ..pruning.budget import Budget
 from ..pruning.gates import GatedModel, strip_gates
-from ..pruning.result import PrunedResult, SelectReport, StaticResult, load_result
+from ..pruning.result import GeneratedResult, PrunedResult, SelectReport, StaticResult, load_result
 from ..pruning.structure import Structure
 from ..train.distributed import DistInfo
 from ..train.rundir import RunDir
@@ -229,20 +229,65 @@ def prune(ctx: StageContext) -> PrunedResult:
               f"(min_channels or a method that reaches its budget by training may hold it up)", file=sys.stderr)
     ctx.record["result_kind"] = result.kind
     ctx.record["pruned_cost"] = _cost_record(result, ctx.test_loader)
+    if ctx.budget is not None and ctx.budget.metric == "latency" and isinstance(result, StaticResult):
+        ctx.record["latency"] = _measured_latency(ctx, result)
     ctx.record["budget_report"] = result.report.to_dict()
     ctx.record["pruned_test_acc_before_finetune"] = ctx.test_acc(result.module)
     dense = ctx.record["dense_cost"]["mixed"]["macs"]
     pr = ctx.record["pruned_cost"]["mixed"]["macs"]
     ctx.say(f"pruned by {method.name} ({result.kind}): {pr / 1e6:.2f} M MACs ({100 * pr / dense:.1f}% of dense), "
             f"test accuracy before fine-tuning {100 * ctx.record['pruned_test_acc_before_finetune']:.2f}%")
+    if isinstance(result, GeneratedResult) and method.extracts:
+        result = extract(ctx, result)
     return result
+
+
+def _measured_latency(ctx: StageContext, result: StaticResult) -> dict:
+    """A latency budget's outcome: the table's prediction next to the measured inference time of the
+    compact network and of the dense one (interleaved, minimum over rounds), at the budget's batch."""
+    from ..pruning.latency import measure_latency
+
+    b, rep = ctx.budget, result.report.to_dict()
+    dense = strip_gates(copy.deepcopy(ctx.net.net if isinstance(ctx.net, GatedModel) else ctx.net))
+    dense_s, pruned_s = measure_latency(dense, ctx.spec.input_size, batch=b.batch, device=b.device,
+                                        others=(copy.deepcopy(result.module),))
+    out = {"batch": b.batch, "device": rep.get("device"), "threads": rep.get("threads"),
+           "target_keep": b.keep, "predicted_keep": rep.get("achieved_keep"),
+           "predicted_s": rep.get("achieved"), "dense_predicted_s": rep.get("reference"),
+           "measured_s": pruned_s, "dense_measured_s": dense_s, "measured_keep": pruned_s / dense_s,
+           "round_to": rep.get("round_to")}
+    out["relative_error"] = out["measured_keep"] / b.keep - 1
+    ctx.say(f"latency at batch {b.batch}: measured {1e3 * pruned_s:.3f} ms vs dense {1e3 * dense_s:.3f} ms "
+            f"({100 * out['measured_keep']:.1f}%; target {100 * b.keep:.1f}%, predicted "
+            f"{100 * (out['predicted_keep'] or float('nan')):.1f}%)")
+    return out
+
+
+def extract(ctx: StageContext, result: GeneratedResult) -> StaticResult:
+    """The generated result's static network (its eval-mode masks, physically compacted), which the
+    fine-tuning stage then trains alone; ``structure.json`` records it. Logs its test accuracy, which
+    equals the masked network's (the stage boundary a lost extraction would show at)."""
+    static = result.to_static()
+    if ctx.dist.is_main and not ctx.run.file("structure.json").exists():
+        static.structure.save(ctx.run.file("structure.json"))
+    static.module = static.module.to(ctx.device, memory_format=ctx.memory_format)
+    ctx.record["extracted_test_acc"] = ctx.test_acc(static.module)
+    ctx.say(f"extracted static network: test accuracy {100 * ctx.record['extracted_test_acc']:.2f}% "
+            f"(masked {100 * ctx.record['pruned_test_acc_before_finetune']:.2f}%)")
+    return static
 
 
 # -- 4. fine-tune ---------------------------------------------------------------------------------
 
 
 def reinit(model: nn.Module, seed: int) -> None:
-    """Fresh weights for a pruned network trained from scratch (PFS's Scratch-B)."""
+    """Fresh weights for a pruned network trained from scratch (PFS's Scratch-B), as the official code
+    initialises it: conv N(0, sqrt(2 / (k^2 C_out))), BN weight 1 (ResNets) or 0.5 (VGG) and bias 0, the
+    classifier PyTorch's default (ResNets) or N(0, 0.01) with bias 0 (VGG) (docs/decisions.md §3.6)."""
+    from ..models.registry import get_entry
+
+    name = getattr(model, "prunelab_name", None)
+    vgg = bool(name) and get_entry(name).family == "vgg"
     torch.manual_seed(seed)
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
@@ -250,11 +295,15 @@ def reinit(model: nn.Module, seed: int) -> None:
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
+            nn.init.constant_(m.weight, 0.5 if vgg else 1.0)
             nn.init.zeros_(m.bias)
             m.reset_running_stats()
         elif isinstance(m, nn.Linear):
-            m.reset_parameters()
+            if vgg:
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
+            else:
+                m.reset_parameters()
 
 
 def _distillation(ctx: StageContext, kd):

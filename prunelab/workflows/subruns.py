@@ -4,6 +4,11 @@
 >>> d = runs.get("teacher", lambda d: train(cfg, d, resume=True), label="teacher")
 >>> if d is not None: ...                 # finished (just now, or before)
 >>> runs.missing                          # labels of the sub-runs a --collect found unfinished
+
+Two processes may work on one study at once (``prunelab experiment NAME`` started twice, e.g. one
+thread each on a 2-core machine): a sub-run the other process is training right now (its run
+directory is locked) is skipped and listed in ``missing`` and ``busy``; ``--collect`` afterwards
+aggregates everything once both have finished.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ class SubRuns:
     def __init__(self, root, *, collect: bool = False, quiet: bool = False):
         self.root, self.collect, self.quiet = Path(root), collect, quiet
         self.missing: list[str] = []
+        self.busy: list[str] = []
 
     def path(self, name: str) -> Path:
         return self.root / name
@@ -39,7 +45,15 @@ class SubRuns:
         if self.collect:
             self.missing.append(label or name)
             return None
-        make(d)
+        from ..errors import RunDirBusyError
+
+        try:
+            make(d)
+        except RunDirBusyError:  # another process of this study is training it: leave it to that one
+            self.missing.append(label or name)
+            self.busy.append(label or name)
+            self.say(f"{label or name}: being run by another process; skipped here")
+            return None
         return d
 
     def say(self, *a) -> None:

@@ -1,0 +1,161 @@
+"""DDNP analyses (supplement 001): search curves by setting with their spread over seeds, accuracy at
+each stage boundary, the extracted widths, the equal-budget table and the claims, all recomputed from
+the raw per-run records of a study (``results/ddnp_<scale>.json``: per-epoch logs, per-layer widths).
+
+Nothing here imports the method; the resource ratio is recounted from the widths with the counter.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..counting import block_ops_ratio, count
+
+
+def runs_of(study: dict, setting: str) -> list[dict]:
+    """The finished runs of ``setting``, ordered by seed."""
+    return sorted((r for r in study["runs"].values() if r["setting"] == setting), key=lambda r: r["seed"])
+
+
+def curve(runs: list[dict], key: str, transform=None):
+    """``(epochs, values)``: ``values[i, j]`` is ``key`` of run i at the j-th epoch where every run logged
+    it (e.g. the test accuracy, measured every few epochs). ``transform(value, run)`` maps each value."""
+    if not runs:
+        return np.zeros(0), np.zeros((0, 0))
+    logged = [{e["epoch"]: e.get(key) for e in r["epochs"] if e.get(key) is not None} for r in runs]
+    epochs = sorted(set.intersection(*(set(d) for d in logged)))
+    values = np.array([[transform(d[e], r) if transform else d[e] for e in epochs] for d, r in zip(logged, runs)],
+                      dtype=np.float64)
+    return np.asarray(epochs), values
+
+
+def resource_curves(runs: list[dict]) -> dict:
+    """The "normalised resource loss" both ways (D11): |log(R/p)| and R/p of the eval-mode (hard)
+    widths, and the same of the soft training R (the mean over each epoch's steps)."""
+    out = {}
+    for kind in ("R_hard", "R_soft"):
+        out[f"|log({kind}/p)|"] = curve(runs, kind, lambda v, r: abs(np.log(v / r["p"])))
+        out[f"{kind}/p"] = curve(runs, kind, lambda v, r: v / r["p"])
+    return out
+
+
+def spread(values) -> dict:
+    """Mean, sample std (ddof 1; 0 for one value) and n of the finite values."""
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
+    return {"mean": float(v.mean()) if v.size else float("nan"),
+            "std": float(v.std(ddof=1)) if v.size > 1 else 0.0, "n": int(v.size)}
+
+
+def stage_accuracies(runs: list[dict]) -> dict:
+    """Spread over seeds of the test accuracy at each stage boundary: the dense checkpoint, the
+    eval-mode masked network at the end of the search, the extracted network, after fine-tuning."""
+    keys = ("dense_test_acc", "masked_test_acc", "extracted_test_acc", "finetuned_test_acc")
+    return {k: spread([r.get(k) for r in runs]) for k in keys}
+
+
+def recount(study: dict, run: dict, spec) -> dict:
+    """A run's costs recounted from its extracted widths: DDNP's R (pruned blocks' ops, 3 ops per
+    BN/ReLU element) and the whole model's MACs and their ratio to the dense model."""
+    widths = dict(zip(study["layers"], run["widths"]))
+    macs = float(count(spec, widths=widths).macs)
+    return {"R": block_ops_ratio(spec, widths), "macs": macs, "macs_ratio": macs / float(count(spec).macs)}
+
+
+def settings_table(study: dict, spec) -> list[dict]:
+    """One row per setting: seeds, final R (recounted) and the accuracies (mean ± std over seeds)."""
+    rows = []
+    for name in study["settings"]:
+        runs = runs_of(study, name)
+        if not runs:
+            continue
+        acc = stage_accuracies(runs)
+        rc = [recount(study, r, spec) for r in runs]
+        rows.append({"setting": name, "n": len(runs), "R": spread([c["R"] for c in rc]),
+                     "macs_ratio": spread([c["macs_ratio"] for c in rc]), **acc})
+    return rows
+
+
+def compare_table(study: dict, spec) -> list[dict]:
+    """Equal-budget comparison: DDNP (full method) against ``l1`` and PFS from the same checkpoint with
+    the same fine-tuning; MACs recounted from each structure's widths."""
+    groups = {"DDNP (p = {:g})".format(study.get("p", float("nan"))): [
+        {**r, "pruned_test_acc": r["extracted_test_acc"]} for r in runs_of(study, "full")]}
+    for method, label in (("l1", "l1 (weight magnitude), 50 % MACs"), ("pfs", "PFS gates on the pretrained weights, 50 % MACs")):
+        groups[label] = sorted((r for r in study.get("compare", {}).values() if r["method"] == method),
+                               key=lambda r: r["seed"])
+    rows = []
+    for label, runs in groups.items():
+        if not runs:
+            continue
+        rc = [recount(study, r, spec) for r in runs]
+        rows.append({"method": label, "n": len(runs), "macs": spread([c["macs"] for c in rc]),
+                     "macs_ratio": spread([c["macs_ratio"] for c in rc]), "R": spread([c["R"] for c in rc]),
+                     "before_finetune": spread([r["pruned_test_acc"] for r in runs]),
+                     "finetuned": spread([r["finetuned_test_acc"] for r in runs])})
+    return rows
+
+
+def _final_acc(runs, finetuned: bool) -> list:
+    return [r["finetuned_test_acc"] if finetuned else r["extracted_test_acc"] for r in runs]
+
+
+def claims(study: dict, spec) -> list[dict]:
+    """The supplement's claims, each with its numbers and whether it holds (recomputed from the runs)."""
+    out = []
+    p = study.get("p")
+    full = runs_of(study, "full")
+    # 1. the extracted network's remaining-FLOPs ratio lands within 0.02 of p (the counter on its widths)
+    rc = [recount(study, r, spec) for r in full]
+    out.append({"claim": "the extracted network's remaining-FLOPs ratio lands within 0.02 of p (recounted from "
+                         "its widths, full method, every seed)", "p": p, "R": [c["R"] for c in rc],
+                "whole_model_macs_ratio": [c["macs_ratio"] for c in rc],
+                "holds": bool(rc) and all(abs(c["R"] - p) <= 0.02 for c in rc)})
+    # 2. the smallest lambda does not reach p; a larger one does
+    lams = sorted((float(n.split("=")[1]), n) for n in study["settings"] if n.startswith("lambda=") and runs_of(study, n))
+    lams = sorted(lams + ([(4.0, "full")] if full else []))
+    if len(lams) >= 2:
+        finals = {lam: spread([recount(study, r, spec)["R"] for r in runs_of(study, name)]) for lam, name in lams}
+        smallest = lams[0][0]
+        reached = [lam for lam, _ in lams[1:] if abs(finals[lam]["mean"] - p) <= 0.02]
+        out.append({"claim": "the smallest lambda of the sweep does not reach p (final R > p + 0.02) while a larger "
+                             "one does (|R - p| <= 0.02)", "p": p,
+                    "final_R": {f"{lam:g}": finals[lam]["mean"] for lam, _ in lams},
+                    "holds": bool(finals[smallest]["mean"] > p + 0.02 and reached)})
+    # 3. rho = 0 gives a lower accuracy than rho = 1
+    rho0 = runs_of(study, "rho=0")
+    if rho0 and full:
+        for ft in (True, False):
+            a0, a1 = spread(_final_acc(rho0, ft)), spread(_final_acc(full, ft))
+            if a0["n"] and a1["n"]:
+                stage = "after fine-tuning" if ft else "of the extracted network before fine-tuning"
+                out.append({"claim": f"rho = 0 gives a lower test accuracy than rho = 1 ({stage})",
+                            "rho=0": a0, "rho=1": a1, "holds": bool(a0["mean"] < a1["mean"])})
+    # 4. Fix S and Fix k are worse than the full method
+    for variant in ("fix_s", "fix_k"):
+        vr = runs_of(study, variant)
+        if vr and full:
+            for ft in (True, False):
+                av, af = spread(_final_acc(vr, ft)), spread(_final_acc(full, ft))
+                if av["n"] and af["n"]:
+                    stage = "after fine-tuning" if ft else "of the extracted network before fine-tuning"
+                    name = {"fix_s": "Fix S", "fix_k": "Fix k"}[variant]
+                    out.append({"claim": f"{name} is worse than the full method ({stage})", variant: av, "full": af,
+                                "holds": bool(av["mean"] < af["mean"])})
+    # 5. learnable and fixed inputs differ by less than the seed spread
+    lr = runs_of(study, "learnable_input")
+    if lr and full:
+        al, af = spread(_final_acc(lr, False)), spread(_final_acc(full, False))
+        gap, noise = abs(al["mean"] - af["mean"]), max(al["std"], af["std"])
+        out.append({"claim": "learnable and fixed generator inputs differ by less than the seed spread (extracted "
+                             "network's test accuracy; spread = the larger sample std)", "learnable": al, "fixed": af,
+                    "difference": gap, "seed_spread": noise, "holds": bool(gap < noise)})
+    return out
+
+
+def published_table(name: str):
+    """A published DDNP table (``ddnp_table_a1`` or ``ddnp_table_a4``) as a DataFrame, labelled published."""
+    from .. import published
+
+    df = published.load(name)
+    df.attrs["label"] = "published"
+    return df

@@ -1,0 +1,185 @@
+"""A catalog of pruned networks to explore: the structures in the committed cached results of every
+study, and the pruning runs in any run folder a user points at, in one record form.
+
+Each :class:`Entry` holds what the explorer (``notebooks/05_explorer.ipynb``) shows and exports: the
+model, the kept channels per gated tensor (exact alive sets when the source has them, else counts),
+the test accuracy and where it comes from. A dynamic entry (ManiDP) holds its per-instance kept counts
+instead of one structure.
+
+    >>> from prunelab.experiments.catalog import catalog
+    >>> entries = catalog(runs=["runs"])            # cached results + every pruning run under runs/
+    >>> e = entries["ddnp cpu: full seed 0"]; e.widths, e.accuracy
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import RESULTS_DIR
+from ..pruning.structure import Structure
+
+
+@dataclass
+class Entry:
+    """One pruned network (or one dynamic policy) to explore.
+
+    Attributes:
+        key: a unique label ("<study> <scale>: <run>" for cached results, the folder for runs).
+        source: the results file or run directory it comes from.
+        model, model_kwargs: the dense model the structure belongs to.
+        kind: ``static`` or ``dynamic``.
+        widths: kept channels per gated tensor (a dynamic entry: the mean over its test images).
+        alive: the kept channel indices per tensor when the source records them (None: counts only).
+        accuracy: test accuracy (fraction) of the pruned network, ``accuracy_note`` says which stage.
+        per_instance: a dynamic entry's ``{"kept": (N, L) counts, "layers": [...], "index": test indices,
+            "correct": ..., "label": ...}``.
+        scale: ``ci``, ``cpu``, ``paper`` or None (a user's run: its config's scale).
+    """
+
+    key: str
+    source: str
+    model: str
+    model_kwargs: dict
+    kind: str
+    widths: dict
+    alive: dict | None = None
+    accuracy: float | None = None
+    accuracy_note: str = ""
+    method: str = ""
+    scale: str | None = None
+    per_instance: dict | None = None
+    extra: dict = field(default_factory=dict)
+
+    def structure(self, spec) -> Structure:
+        """The entry as a structure of ``spec``: its alive sets, or (counts only) the first channels of each
+        tensor, marked so in the structure's ``meta``."""
+        if self.alive is not None:
+            s = Structure._make(spec, {n: np.asarray(a) for n, a in self.alive.items()}, model_kwargs=self.model_kwargs)
+            s.meta["source"] = self.source
+            return s
+        s = Structure.from_counts(spec, {n: int(round(w)) for n, w in self.widths.items()},
+                                  model_kwargs=self.model_kwargs)
+        s.meta.update({"source": self.source, "alive_from": "counts only: the first channels of each tensor (the "
+                                                            "source records widths, not which channels)"})
+        return s
+
+
+def _cached(path: Path) -> list[Entry]:
+    """Entries of one cached results file (the studies' formats)."""
+    r = json.loads(path.read_text())
+    study, scale = r.get("study"), r.get("scale")
+    head = f"{study} {scale}"
+    out = []
+    src = str(path)
+    if study == "quickstart":
+        l1 = r["l1"]
+        s = l1["structure"]
+        out.append(Entry(f"{head}: l1 50% MACs", src, s["model"], s.get("model_kwargs", {}), "static",
+                         {n: len(a) for n, a in s["alive"].items()}, s["alive"], l1.get("final_test_acc"),
+                         "after fine-tuning", "l1", scale))
+        for row in (r.get("latency") or {}).get("rows", []):
+            out.append(Entry(f"{head}: l1 {row['label']}", src, "resnet20", {}, "static", row["widths"], None,
+                             row["final_test_acc"], "after fine-tuning", "l1", scale))
+    elif study == "ddnp":
+        for k, run in r.get("runs", {}).items():
+            acc = run.get("finetuned_test_acc")
+            out.append(Entry(f"{head}: ddnp {k.replace('/s', ' seed ')}", src, r["model"], {}, "static",
+                             dict(zip(r["layers"], run["widths"])), None,
+                             acc if acc is not None else run.get("extracted_test_acc"),
+                             "after fine-tuning" if acc is not None else "extracted, before fine-tuning", "ddnp", scale))
+        for k, run in r.get("compare", {}).items():
+            out.append(Entry(f"{head}: {k.replace('/s', ' seed ')} (comparison)", src, r["model"], {}, "static",
+                             dict(zip(r["layers"], run["widths"])), None, run["finetuned_test_acc"],
+                             "after fine-tuning", run["method"], scale))
+    elif study == "pfs":
+        for row in r.get("sweeps", {}).get("pruning_ratio", []) + r.get("sweeps", {}).get("expansion", []):
+            width = int(round(16 * row["rate"]))
+            widths = row["widths"] if isinstance(row["widths"], dict) else dict(zip(r["layers"], row["widths"]))
+            out.append(Entry(f"{head}: pfs rate {row['rate']:g} ratio {row['ratio']:g} run {row['run']}", src,
+                             r["model"], {"width": width} if width != 16 else {}, "static", widths, None, row["acc"],
+                             "trained from scratch", "pfs", scale))
+        for st in r.get("structures", []):
+            out.append(Entry(f"{head}: pfs structure seed {st['seed']} checkpoint {st['epoch']}", src, r["model"], {},
+                             "static", dict(zip(r["layers"], st["widths"])), None, None,
+                             "no accuracy (a structure of the similarity study)", "pfs", scale))
+    elif study == "bar":
+        for run in r.get("runs", []):
+            s = run["structure"]
+            out.append(Entry(f"{head}: bar PF {run['pf']}", src, s["model"], s.get("model_kwargs", {}), "static",
+                             {n: len(a) for n, a in s["alive"].items()} if "alive" in s else dict(s["channels"]),
+                             s.get("alive"), run["accuracy"], "after fine-tuning", "bar", scale,
+                             extra={"v_factor": run.get("v_factor")}))
+    elif study == "manidp":
+        npz = path.with_suffix(".npz")
+        arrays = np.load(npz) if npz.exists() else None
+        for v, rec in r.get("variants", {}).items():
+            per = None
+            if arrays is not None and f"{v}/test_kept" in arrays:
+                kept = arrays[f"{v}/test_kept"]
+                per = {"kept": kept, "layers": r["layers"], "index": arrays[f"{v}/test_index"],
+                       "correct": arrays[f"{v}/test_correct"], "label": arrays[f"{v}/test_label"]}
+            widths = (dict(zip(r["layers"], per["kept"].mean(0))) if per is not None
+                      else dict(zip(r["layers"], r["channels"])))
+            out.append(Entry(f"{head}: manidp {v}", src, r["model"], {}, "dynamic", widths, None,
+                             rec.get("final_test_acc"), "dynamic network at the end of training", "manidp", scale,
+                             per))
+    return out
+
+
+def _run_entry(run: Path) -> Entry | None:
+    """The entry of one pruning run directory (its fine-tuned result's structure), or None."""
+    from ..runfiles import read_record
+
+    res_file, st_file = run / "result.json", run / "structure.json"
+    if not res_file.exists():
+        return None
+    res = read_record(res_file, "run")
+    if not isinstance(res, dict) or "budget_report" not in res:
+        return None  # a dense training run
+    method = (res.get("method") or {}).get("name", "")
+    acc = res.get("final_test_acc")
+    if st_file.exists():
+        s = Structure.load(st_file)
+        return Entry(str(run), str(run), s.model, s.model_kwargs, "static", s.counts(),
+                     {n: a.tolist() for n, a in s.alive.items()}, acc, "after fine-tuning", method, res.get("scale"))
+    if res.get("result_kind") == "dynamic":
+        widths = res.get("budget_report", {}).get("widths", {})
+        return Entry(str(run), str(run), res["model"], res.get("model_kwargs") or {}, "dynamic", widths, None, acc,
+                     "dynamic network", method, res.get("scale"), extra={"run": str(run)})
+    return None
+
+
+def catalog(results_dir=RESULTS_DIR, runs=()) -> dict[str, Entry]:
+    """Every entry of the cached ``results_dir/*_<scale>.json`` files and of the pruning runs found under
+    the folders ``runs`` (searched recursively for ``result.json``)."""
+    entries: list[Entry] = []
+    for p in sorted(Path(results_dir).glob("*.json")):
+        if p.name.endswith(".partial.json"):
+            continue
+        try:
+            entries += _cached(p)
+        except (KeyError, TypeError, ValueError) as e:  # a file of another format: skipped, said so
+            print(f"catalog: skipped {p.name} ({type(e).__name__}: {e})")
+    for root in runs:
+        for res in sorted(Path(root).rglob("result.json")):
+            e = _run_entry(res.parent)
+            if e is not None:
+                entries.append(e)
+    return {e.key: e for e in entries}
+
+
+def export_plan(entry: Entry, path) -> Path:
+    """Write ``entry``'s structure as a plan file (``prunelab compact PLAN --weights CKPT``)."""
+    from .. import models
+
+    spec = models.describe(models.create(entry.model, **entry.model_kwargs))
+    s = entry.structure(spec)
+    s.meta.update({"exported_from": entry.key, "accuracy": entry.accuracy, "accuracy_note": entry.accuracy_note})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    s.save(path)
+    return path
