@@ -178,7 +178,7 @@ def _ddnp_claim(ddnp, start: str) -> dict:
 
 
 def test_ddnp_results_are_cpu_scale_real_data(ddnp):
-    from prunelab.experiments.ddnp_study import settings
+    from prunelab.experiments.ddnp_study import SCALES, settings
 
     study, spec = ddnp
     assert study["scale"] == "cpu" and study["complete"] and not study["missing"]
@@ -194,7 +194,7 @@ def test_ddnp_results_are_cpu_scale_real_data(ddnp):
             assert r["extracted_test_acc"] == pytest.approx(r["masked_test_acc"], abs=1e-4)
             assert (r["finetuned_test_acc"] is not None) == st["finetune"]
     assert sorted((r["method"], r["seed"]) for r in study["compare"].values()) == [
-        (m, s) for m in ("l1", "pfs") for s in (0, 1, 2)]
+        (m, s) for m in ("l1", "pfs") for s in SCALES["cpu"]["seeds"]]
 
 
 DDNP_CLAIMS = {
@@ -202,14 +202,18 @@ DDNP_CLAIMS = {
     "lambda": "the smallest lambda",
     "rho_ft": "rho = 0 gives a lower test accuracy than rho = 1 (after fine-tuning)",
     "rho_ex": "rho = 0 gives a lower test accuracy than rho = 1 (of the extracted",
-    "fix_s_ft": "Fix S is worse than the full method (after fine-tuning)",
-    "fix_s_ex": "Fix S is worse than the full method (of the extracted",
-    "fix_k_ft": "Fix k is worse than the full method (after fine-tuning)",
-    "fix_k_ex": "Fix k is worse than the full method (of the extracted",
+    "fix_s_ft": "Fix S is worse than the full method by more than the seed spread (after",
+    "fix_s_ex": "Fix S is worse than the full method by more than the seed spread (of the",
+    "fix_k_ft": "Fix k is worse than the full method by more than the seed spread (after",
+    "fix_k_ex": "Fix k is worse than the full method by more than the seed spread (of the",
     "inputs": "learnable and fixed generator inputs",
 }
 # claims that do not hold at cpu scale, with their numbers (filled from results/ddnp_cpu.json)
-DDNP_XFAIL = {}
+DDNP_XFAIL = {
+    "fix_s_ft": "after 2 fine-tuning epochs Fix S and the full method tie: 84.50 +- 0.08 % vs 84.51 +- 0.44 % "
+                "(n = 2 each), a gap of 0.01 pp inside the seed spread (0.44 pp); before fine-tuning Fix S is far "
+                "worse (26.24 % vs 68.06 %)",
+}
 
 
 @pytest.mark.parametrize("key", [pytest.param(k, marks=pytest.mark.xfail(strict=True, reason=DDNP_XFAIL[k]))

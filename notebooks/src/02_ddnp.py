@@ -17,7 +17,7 @@
 # |---|---|
 # | Table A1: p per model | the presets `method.preset` accepts (published) |
 # | Tables A2, A3: g_s and g_k | the generators prunelab builds for this model, with their parameter counts |
-# | Fig. A1 (a, b): test accuracy and normalised resource loss over the search, several λ | the same, 3 seeds, shaded ± std; the resource loss both as \|log(R/p)\| and as R/p (D11) |
+# | Fig. A1 (a, b): test accuracy and normalised resource loss over the search, several λ | the same, 2 seeds, shaded ± std (n = 2); the resource loss both as \|log(R/p)\| and as R/p (D11) |
 # | Fig. A1 (c): accuracy against ρ | ρ = 0, 1, 5: extracted network, and after fine-tuning for ρ = 0 and 1 |
 # | Fig. A1 (d): Fix S, Fix k, Channel-wise-ks | search curves, and accuracy before/after fine-tuning |
 # | Fig. A1 (e): learnable vs fixed inputs | search curves and final accuracies |
@@ -26,8 +26,9 @@
 # | — | per-layer widths of the searched networks, an equal-budget comparison with l1 and PFS, the claims |
 #
 # **Scale.** `cpu`: ResNet-20 from the 30-epoch checkpoint (`prunelab train resnet20 --set train.epochs=30`),
-# p = 0.5, searches of 50 epochs on 2,500 training images with the backbone frozen (generator learning
-# rate 3e-3), 2 fine-tuning epochs where a panel needs accuracy after fine-tuning, 3 seeds per setting.
+# p = 0.5, searches of 40 epochs on 2,500 training images with the backbone frozen (generator learning
+# rate 3e-3), 2 fine-tuning epochs where a panel needs accuracy after fine-tuning, 2 seeds per setting
+# (the output-function variants 1).
 # The paper: ResNet-56, p = 0.48, 200 search and 205 fine-tuning epochs. Cached results come from
 # `prunelab experiment ddnp --scale cpu`; `ci` computes a tiny version on the spot (mechanics only: its
 # numbers mean nothing).
@@ -225,7 +226,8 @@ display(a4.drop(columns=["source"]).style.set_caption("Table A4 [published; Imag
 # p = 0.5 (its R counts the pruned blocks' ops), `l1` at 50 % of the whole model's MACs (global ranking
 # of conv1-filter magnitudes) and PFS with its gates learned on the pretrained weights (frozen, one epoch
 # on 45k images) at 50 % MACs. The MACs are recounted from each structure; all three prune only the block
-# middles. Accuracies are mean ± std over 3 seeds (DDNP and PFS: search seeds; l1: fine-tuning seeds).
+# middles. Accuracies are mean ± std over the seeds (n in the table; DDNP and PFS: search seeds; l1: fine-tuning
+# seeds).
 
 # %%
 cmp_rows = ad.compare_table(S, spec)
@@ -241,9 +243,32 @@ pd.DataFrame([{"method": r["method"], "n": r["n"], "MMACs": round(r["macs"]["mea
 # committed cpu results, where a claim that fails is an expected failure carrying its numbers.
 
 # %%
-table = pd.DataFrame(ad.claims(S, spec))
-with pd.option_context("display.max_colwidth", 140):
-    display(table)
+def _numbers(c: dict) -> str:
+    def fmt(v):
+        if isinstance(v, dict) and "mean" in v:
+            return f"{v['mean']:.4f} ± {v['std']:.4f} (n={v['n']})" if v["n"] > 1 else f"{v['mean']:.4f} (n={v['n']})"
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{k}: {fmt(x)}" for k, x in v.items()) + "}"
+        if isinstance(v, list):
+            return "[" + ", ".join(fmt(x) for x in v) + "]"
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    return "; ".join(f"{k} = {fmt(v)}" for k, v in c.items() if k not in ("claim", "holds"))
+
+
+table = pd.DataFrame([{"claim": c["claim"], "holds": c["holds"], "numbers": _numbers(c)} for c in ad.claims(S, spec)])
+with pd.option_context("display.max_colwidth", 400):
+    display(table.style.set_properties(**{"text-align": "left", "white-space": "pre-wrap"}).hide(axis="index"))
+
+# %% [markdown]
+# **Reading the cpu-scale run** (the committed results; at `ci` scale the numbers mean nothing).
+# Without the alignment term (ρ = 0) the *soft* R still meets p while the hard, extracted widths
+# collapse far below it: the alignment term is what makes the extracted widths match the soft ones. Fix S
+# and Fix k are far worse than the full method before fine-tuning; after the short fine-tuning Fix k
+# stays behind, while Fix S closes the gap to within the seed spread, so that claim is marked as a tie
+# (an expected failure in the tests, with its numbers). With n = 2 seeds every spread is a rough one.
+# In the equal-budget table, DDNP lands level with `l1` after 2 fine-tuning epochs and ahead of PFS; the
+# paper's comparison uses 205 fine-tuning epochs, which this protocol does not attempt.
 
 # %% [markdown]
 # ## Explore the sweeps and compare architectures

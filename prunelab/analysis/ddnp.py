@@ -139,8 +139,11 @@ def claims(study: dict, spec) -> list[dict]:
                 if av["n"] and af["n"]:
                     stage = "after fine-tuning" if ft else "of the extracted network before fine-tuning"
                     name = {"fix_s": "Fix S", "fix_k": "Fix k"}[variant]
-                    out.append({"claim": f"{name} is worse than the full method ({stage})", variant: av, "full": af,
-                                "holds": bool(av["mean"] < af["mean"])})
+                    # a gap inside the seed spread is a tie, not "worse" (n is small at cpu scale)
+                    gap, noise = af["mean"] - av["mean"], max(av["std"], af["std"])
+                    out.append({"claim": f"{name} is worse than the full method by more than the seed spread "
+                                         f"({stage}; spread = the larger sample std)", variant: av, "full": af,
+                                "difference": gap, "seed_spread": noise, "holds": bool(gap > noise)})
     # 5. learnable and fixed inputs differ by less than the seed spread
     lr = runs_of(study, "learnable_input")
     if lr and full:
