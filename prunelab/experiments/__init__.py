@@ -101,8 +101,9 @@ def staleness(results: dict) -> list[str]:
 
 def provenance_note(results: dict) -> str:
     """One line for a notebook: what made the results, and a warning when the code moved on since."""
-    head = (f"results: {results.get('command')} at commit {results.get('commit')} (prunelab "
-            f"{results.get('package_version')}, {results.get('created')})")
+    version = results.get("package_version")
+    head = (f"results: {results.get('command')} at commit {results.get('commit')} ("
+            f"{'prunelab ' + version if version else 'package version not recorded'}, {results.get('created')})")
     stale = staleness(results)
     return head + ("" if not stale else "\nWARNING: cached results older than the code: " + "; ".join(stale)
                    + " (rerun the command above to refresh them)")

@@ -5,7 +5,7 @@ and the same pruning budgeted in measured latency.
   from: ``prunelab train resnet20 --set train.epochs=30 --out runs/resnet20-30ep``), then the
   ``resnet20_l1`` cpu run: l1 to 50 % MACs and 8 fine-tuning epochs. ``--out`` folders whose ``dense``
   and ``l1`` entries link to those two runs reuse them.
-* ``latency`` (part): ``l1`` with a latency budget (keep 0.5 of the dense network's measured inference
+* ``latency`` (part): ``l1`` with a latency budget (keep 0.7 of the dense network's measured inference
   time at batch 128 on this machine's CPU, predicted from the latency table) against ``l1`` with a
   MACs budget tuned (by bisection on measured latency) to the same measured latency; both fine-tuned
   with the same 8 epochs; their compact networks timed side by side at the end.
@@ -25,6 +25,10 @@ from ..workflows import SubRuns, run_pipeline, train
 from . import check_parts, results_path, write_results
 
 PARTS = ("dense", "l1", "latency")
+# 0.7, not 0.5: only the block middles are prunable and the rest of ResNet-20 costs about 40 % of its CPU
+# time at batch 128, so keep 0.5 of the latency leaves under 5 % of the MACs (measured here: 1.94 M MACs
+# for 44.6 % of the dense latency, an untrainable network); l1 at 50 % MACs measures about 70 %.
+LATENCY_KEEP = 0.7
 LATENCY = {"ci": {"batch": 2, "repeats": 1, "block_ms": 2.0}, "cpu": {"batch": 128, "repeats": 5, "block_ms": 20.0},
            "paper": {"batch": 128, "repeats": 5, "block_ms": 20.0}}
 
@@ -101,7 +105,7 @@ def _latency(scale, runs: SubRuns, net, spec, init, prog, quiet) -> dict:
     threads = torch.get_num_threads()
     table = latency_table("resnet20", {}, batch=lat["batch"], threads=threads, repeats=lat["repeats"],
                           block_ms=lat["block_ms"], say=runs.say, progress=not quiet)
-    budget = {"metric": "latency", "keep": 0.5, "batch": lat["batch"], "threads": threads}
+    budget = {"metric": "latency", "keep": LATENCY_KEEP, "batch": lat["batch"], "threads": threads}
     lcfg = load_config("resnet20_l1", scale, overrides=deep_merge(prog, {**init, "budget": budget}))
     lat_dir = runs.get("l1-latency", lambda d: run_pipeline(lcfg, d, resume=True, quiet=quiet))
     lat_res = read_json(lat_dir / "result.json")
