@@ -14,7 +14,7 @@ from prunelab.pruning import latency as lat
 from prunelab.pruning.budget import Budget, solve_budget
 
 
-def _linear_table(spec, per_channel=1e-5, base=1e-3, step=1):
+def _linear_table(spec, per_channel=1e-5, base=1e-3, step=1, fit="points"):
     """A hand-made table: each group costs per_channel x ceil(width / step) x step (steps of ``step``)."""
     gs = {}
     for n, g in lat.groups(spec).items():
@@ -23,7 +23,7 @@ def _linear_table(spec, per_channel=1e-5, base=1e-3, step=1):
         gs[n] = {"signature": g["signature"], "widths": widths,
                  "seconds": [per_channel * step * int(np.ceil(w / step)) for w in widths]}
     full = base + sum(g["seconds"][-1] for g in gs.values())
-    return lat.LatencyTable({"model": spec.model, "device": "test", "threads": 1}, gs, full, {"path": None})
+    return lat.LatencyTable({"model": spec.model, "device": "test", "threads": 1}, gs, full, {"path": None}, fit=fit)
 
 
 def test_width_grid():
@@ -48,8 +48,10 @@ def test_a_tiny_measured_table_predicts_the_full_network_and_interpolates(tmp_pa
     assert table.predict({}) == pytest.approx(table.full_seconds)
     g = table.groups["layer3.0.mid"]
     assert g["widths"] == [1, 32, 64]
-    mid = table.group_seconds("layer3.0.mid", 48)
+    mid = table.group_seconds("layer3.0.mid", 48, raw=True)
     assert mid == pytest.approx((g["seconds"][1] + g["seconds"][2]) / 2)
+    a, b = lat.theil_sen(g["widths"], g["seconds"])
+    assert table.group_seconds("layer3.0.mid", 48) == pytest.approx(max(0.0, a + 48 * b))
     assert table.key["batch"] == 2 and table.key["threads"] == 1 and table.key["channels_last"]
     # a second request with the same key reads the cached file
     monkeypatch.setattr(lat, "measure_table", lambda *a, **k: pytest.fail("measured again"))
@@ -110,3 +112,20 @@ def test_cli_latency_table_bad_input(capsys):
     assert main(["latency-table", "resnet20", "--batch", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "resnet21" in err[0] and "--batch" in err[1]
+
+
+def test_theil_sen_ignores_an_outlying_width():
+    """One slow measurement (a busy moment of the machine) must not bend the prediction: the case of a
+    full width measured at twice its neighbours' trend, which made the solver drop one channel to "save"
+    half the latency."""
+    w = np.arange(1, 17, dtype=float)
+    t = 0.5 + 0.25 * w
+    t[-1] *= 2.0
+    t[3] *= 1.5
+    a, b = lat.theil_sen(w, t)
+    assert a == pytest.approx(0.5) and b == pytest.approx(0.25)
+    table = lat.LatencyTable({}, {"g": {"signature": "s", "widths": w.tolist(), "seconds": t.tolist()}},
+                             full_seconds=20.0)
+    assert table.group_seconds("g", 16) == pytest.approx(4.5)  # the trend, not the outlier (8.5)
+    assert table.group_seconds("g", 16, raw=True) == pytest.approx(9.0)
+    assert table.predict({"g": 15}) == pytest.approx(20.0 - 0.25)
