@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 test: $(STAMP)
-	PRUNELAB_SCALE=ci OMP_NUM_THREADS=1 $(PY) -m pytest -q -rs -n $(WORKERS) --dist loadscope \
+	PRUNELAB_SCALE=ci OMP_NUM_THREADS=1 $(PY) -m pytest -q -rs --durations=10 -n $(WORKERS) --dist loadscope \
 		--nbval-lax --nbval-current-env --nbval-cell-timeout=900 tests notebooks
 
 demo: $(STAMP)

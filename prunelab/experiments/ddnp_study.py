@@ -3,8 +3,9 @@ architectures, and an equal-budget comparison with ``l1`` and PFS; aggregated in
 ``results/ddnp_<scale>.json`` (per-epoch search logs, per-layer widths and the accuracies at every
 stage boundary of every run: the raw material of the notebook's figures and claims).
 
-Every setting is searched with several seeds (3 at ``paper``, 2 at ``cpu``: the generators' initialisation
-and the Gumbel noise) from one
+Every setting is searched with several seeds (the generators' initialisation and the Gumbel noise; at
+``cpu`` 3 for the full method and the lambda and rho sweeps, 2 for the variants, the inputs and the l1/PFS
+comparison, 1 for the output functions; 3 everywhere at ``paper``) from one
 pretrained checkpoint, on a seeded 5 % split of the training set (2,500 images, frozen backbone, BN in
 eval mode), then extracted; the settings whose panel needs it are fine-tuned (all the same schedule).
 
@@ -47,11 +48,11 @@ from . import open_study, write_results
 PARTS = ("dense", "lambda", "rho", "variants", "inputs", "outputs", "compare")
 
 SCALES = {
-    "ci": {"model": "resnet20", "seeds": (0,), "variant_seeds": (0,), "lambdas": (0.05, 4.0), "rhos": (0.0, 1.0, 5.0),
+    "ci": {"model": "resnet20", "seeds": (0,), "variant_seeds": (0,), "compare_seeds": (0,), "lambdas": (0.05, 4.0), "rhos": (0.0, 1.0, 5.0),
            "output_seeds": (0,), "finetune_epochs": 1, "search": {}, "dense_epochs": None},
-    "cpu": {"model": "resnet20", "seeds": (0, 1), "variant_seeds": (0, 1), "lambdas": (0.05, 0.5, 4.0), "rhos": (0.0, 1.0, 5.0),
+    "cpu": {"model": "resnet20", "seeds": (0, 1, 2), "variant_seeds": (0, 1), "compare_seeds": (0, 1), "lambdas": (0.05, 0.5, 4.0), "rhos": (0.0, 1.0, 5.0),
             "output_seeds": (0,), "finetune_epochs": 2, "dense_epochs": 30, "search": {}},
-    "paper": {"model": "resnet56", "seeds": (0, 1, 2), "variant_seeds": (0, 1, 2), "lambdas": (0.5, 2.0, 4.0, 8.0), "rhos": (0.0, 0.5, 1.0, 2.0, 5.0),
+    "paper": {"model": "resnet56", "seeds": (0, 1, 2), "variant_seeds": (0, 1, 2), "compare_seeds": (0, 1, 2), "lambdas": (0.5, 2.0, 4.0, 8.0), "rhos": (0.0, 0.5, 1.0, 2.0, 5.0),
               "output_seeds": (0, 1, 2), "finetune_epochs": None, "search": {}, "dense_epochs": None},
 }
 
@@ -168,7 +169,7 @@ def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, result
                 runs.say(f"DDNP {name} seed {seed}: R {rec['R_hard']:.3f} (p {rec['p']}), "
                          f"{rec['macs'] / 1e6:.2f} M MACs, test accuracy {100 * acc:.2f}%")
         if "compare" in parts:
-            for seed in s["seeds"]:
+            for seed in s["compare_seeds"]:
                 for method, config, extra in (("l1", "resnet20_l1", {}),
                                               ("pfs", "resnet20_pfs", {"stages": {"finetune": {"reinit": False,
                                                                                                "data": {"holdout": 0}}}})):
@@ -194,7 +195,7 @@ def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, result
     study["missing"], study["busy"] = runs.missing, runs.busy
     expected = sum(len(st["seeds"]) for st in table.values() if set(st["part"]) & set(parts))
     study["complete"] = (not runs.missing and set(parts) == set(PARTS) and len(study["runs"]) == expected
-                         and len(study["compare"]) == 2 * len(s["seeds"]))
+                         and len(study["compare"]) == 2 * len(s["compare_seeds"]))
     study["wall_time_s"] = time.time() - t0
     study["created"] = time.strftime("%Y-%m-%d %H:%M")
     written = write_results(results_file, study, runs.say)
