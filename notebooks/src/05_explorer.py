@@ -69,6 +69,29 @@ assert "M MACs" in explorer.label.value
 display(explorer.widget)
 
 # %% [markdown]
+# The same two networks as a static figure (what the widget draws, kept in the saved notebook: widget
+# output is live only in a running kernel).
+
+# %%
+import matplotlib.pyplot as plt
+
+from prunelab.analysis.structures import layer_costs
+from prunelab.viz.explorer import plot_cost_shares, plot_widths_vs_full
+from prunelab.viz.style import save_figure
+
+pair = [entries[first]] + ([entries[second]] if second and entries[second].model == entries[first].model else [])
+pspec = explorer._spec(pair[0])
+names = [n for n in pspec.names if any(n in e.widths for e in pair)]
+fig, axes = plt.subplots(1, 2, figsize=(14, 3.8))
+plot_widths_vs_full({n: pspec.tensor(n).channels for n in names}, {e.key: e.widths for e in pair}, ax=axes[0],
+                    scale=pair[0].scale or SCALE, title="Channels kept per gated tensor")
+plot_cost_shares({e.key: [r for r in layer_costs(pspec, e.widths) if r["name"] in names] for e in pair}, ax=axes[1],
+                 which="macs_share", scale=pair[0].scale or SCALE)
+fig.tight_layout()
+save_figure(fig, "explorer_pair", "05_explorer")
+plt.show()
+
+# %% [markdown]
 # Driving it from code does what the controls do (the browser test in `tests/test_browser.py` moves them
 # in JupyterLab): the cost-share view, a dynamic network's most expensive test image, and an export.
 
