@@ -14,8 +14,10 @@ printed with the result:
 * Params include BN affine parameters; ``params_no_bn`` excludes them.
 * V = sum over gated tensors of H*W*(alive channels) (docs/decisions.md §0.7).
 * ``residual="mixed"`` counts each gated tensor at its own alive width (BAR's mixed-connectivity
-  block). ``"regular"`` counts a block's delta at the width of the union of the block input and the
-  delta, as a regular ResBlock must compute it (B16; see docs/decisions.md).
+  block). ``"regular"`` is a regular ResBlock, where x + delta forces one channel set per residual
+  trunk (stage): every trunk tensor (projection, stem, deltas) is counted at the union of the trunk's
+  surviving contributors, and every conv reading the trunk reads that union; a removed branch (its
+  ``mid`` or ``delta`` empty) counts 0 in V and in MACs (B16; see docs/decisions.md).
 
 Torch path (differentiable counts). When any value of ``count(..., widths=...)`` is a
 :class:`torch.Tensor` (soft or hard widths, any shape: a scalar, one entry per instance ``(B,)``,
@@ -174,6 +176,10 @@ class _Widths:
         self.union_mode = union
         self.tau = union_temperature
         self._cache: dict = {}
+        # each residual delta's block mid (a branch is removed when either set is empty)
+        mids = {(t.stage, t.block): t.name for t in spec.tensors if t.slot == "mid"}
+        self._mid_of = {t.name: mids[(t.stage, t.block)] for t in spec.tensors
+                        if t.slot == "delta" and t.trunk is not None and (t.stage, t.block) in mids}
 
     def one(self, name: str):
         t = self.spec.tensor(name)
@@ -207,11 +213,66 @@ class _Widths:
         self._cache[names] = val
         return val
 
+    def survives(self, name: str):
+        """Whether ``name``'s residual branch is kept: a ``delta`` whose own set or whose block's ``mid``
+        set is empty belongs to a removed branch (B10); any other tensor survives. A bool for exact sets
+        and integer widths, an indicator array/tensor for per-instance or torch widths."""
+        mid = self._mid_of.get(name)
+        if mid is None:
+            return True
+        a, b = self.one(name), self.one(mid)
+        if self.fmt.active:
+            return ((self.fmt.tensor(a) > 0) & (self.fmt.tensor(b) > 0)).to(self.fmt.dtype)
+        if np.ndim(a) or np.ndim(b):
+            return (np.asarray(a) > 0) & (np.asarray(b) > 0)
+        return bool(a > 0 and b > 0)
+
+    def trunk_width(self, trunk: str):
+        """A regular block's trunk width: one channel set per residual trunk (stage), the union of
+        every surviving contributor (x + delta forces the block input and every delta onto one set)."""
+        key = ("trunk", trunk)
+        if key in self._cache:
+            return self._cache[key]
+        members = self.spec.trunks()[trunk]
+        if self.masks is not None:
+            c = self.spec.tensor(members[0]).channels
+            acc = np.zeros(c, dtype=bool)
+            for n in members:
+                if self.survives(n):
+                    m = self.masks.get(n)
+                    acc |= np.ones(c, dtype=bool) if m is None else m
+            val = int(acc.sum())
+        elif self.fmt.active:
+            w = torch.stack(torch.broadcast_tensors(*[self.fmt.tensor(self.one(n)) * self.survives(n)
+                                                      for n in members]))
+            val = w.amax(0) if self.union_mode == "max" else self.tau * torch.logsumexp(w / self.tau, 0)
+        else:
+            vals = [np.asarray(self.one(n)) * self.survives(n) for n in members]
+            if self.union_mode == "max":
+                val = functools.reduce(np.maximum, vals)
+            else:
+                w = np.stack(np.broadcast_arrays(*vals)).astype(np.float64) / self.tau
+                val = self.tau * np.logaddexp.reduce(w, axis=0)
+        self._cache[key] = val
+        return val
+
     def tensor_width(self, name: str, residual: str):
         t = self.spec.tensor(name)
-        if residual == "regular" and t.block_input:
-            return self.union(tuple(t.block_input) + (name,))
+        if residual == "regular" and t.trunk is not None:
+            s = self.survives(name)
+            if isinstance(s, bool):
+                return self.trunk_width(t.trunk) if s else 0
+            return self.trunk_width(t.trunk) * s
         return self.one(name)
+
+    def read_width(self, reads: tuple[str, ...], residual: str):
+        """Channels an op reads: the union of the tensors it reads; in a regular block, a read of the
+        residual trunk reads the trunk's one channel set."""
+        if residual == "regular":
+            trunks = {self.spec.tensor(n).trunk for n in reads}
+            if len(trunks) == 1 and None not in trunks:
+                return self.trunk_width(trunks.pop())
+        return self.union(reads)
 
 
 def count(model_or_spec, structure=None, *, widths=None, residual: str = "mixed", count_pool: bool = False,
@@ -277,7 +338,7 @@ def _count(model_or_spec, structure=None, *, widths=None, residual="mixed", coun
     for op in spec.ops:
         if only_ops is not None and op.name not in only_ops:
             continue
-        n_in = w.union(op.reads) if op.reads else op.in_channels
+        n_in = w.read_width(op.reads, residual) if op.reads else op.in_channels
         n_out = w.tensor_width(op.writes, residual) if op.writes else op.out_channels
         hw = op.out_hw[0] * op.out_hw[1]
         kk = op.kernel[0] * op.kernel[1]

@@ -186,3 +186,19 @@ def test_eliminated_block_is_flagged(spec, residual):
     assert sec.loc["stage 2 block 1", "eliminated"]
     assert sec.loc["stage 3 block 2", "eliminated"]
     assert sec["eliminated"].sum() == 2
+
+
+def test_sensitivity_draws_use_the_supplements_interval_widths():
+    from prunelab.config import load_config
+    from prunelab.experiments.bar_study import SENSITIVITY, SENSITIVITY_WIDTHS, sample_hyperparameters
+
+    assert len(SENSITIVITY) == 7 and set(SENSITIVITY.values()) == set(SENSITIVITY_WIDTHS)
+    base = load_config("bar_wrn_bar", "cpu")
+    tuned = {"method.lambda": 1e-4, "method.margin": 1e-4, "optim.lr": 1e-3, "optim.weight_decay": 5e-4,
+             "method.kd_alpha": 0.9, "method.d": 10.0, "method.kd_temperature": 4.0}
+    rng = np.random.default_rng(0)
+    draws = [sample_hyperparameters(base, rng) for _ in range(200)]
+    for key, width in SENSITIVITY.items():
+        v = np.array([d[key] for d in draws])
+        assert np.all(np.abs(v - tuned[key]) <= width / 2 + 1e-15), key  # centred on the tuned value
+        assert v.max() - v.min() > 0.8 * width, key  # and spread over the interval's width

@@ -34,39 +34,88 @@ def pfs():
 def test_bar_results_are_cpu_scale_real_data(bar):
     assert bar["scale"] == "cpu" and bar["data_source"] in ("jpeg-archive", "official")
     assert bar["dense"]["volume"] == 274_432
-    assert sorted(r["pf"] for r in bar["runs"]) == [2, 4, 8, 16]  # every budget of Table S1's ResNet rows
+    assert sorted(r["pf"] for r in bar["runs"]) == [2, 4, 8, 16]  # the paper's CIFAR-10 pruning factors
     assert bar["teacher"]["accuracy"] > 0.7
 
 
+def _bar_claim(bar, start):
+    from prunelab.analysis.bar import claims as bar_claims
+
+    found = [c for c in bar_claims(bar) if c["claim"].startswith(start)]
+    assert len(found) == 1, start
+    return found[0]
+
+
 def test_bar_meets_every_volume_budget(bar):
-    for r in bar["runs"]:
-        assert r["budget_met"], r["pf"]
-        assert r["v_factor"] >= r["pf"] * (1 - 1e-9), (r["pf"], r["v_factor"])
+    c = _bar_claim(bar, "every BAR structure meets its volume budget")  # V recounted from each structure
+    assert c["holds"], [s for s in c["structures"] if not s["met"]]
+    assert {s["pf"] for s in c["structures"]} == {2, 4, 8, 16}
 
 
 def test_bar_mixed_blocks_cost_less_than_regular(bar):
-    for r in bar["runs"]:
-        rm = r["regular_vs_mixed"]
-        assert rm["v_mixed"] <= rm["v_regular"] and rm["flop_mixed"] <= rm["flop_regular"]
-        if r["pf"] >= 4:
-            assert rm["v_mixed"] < rm["v_regular"] and rm["flop_mixed"] < rm["flop_regular"], r["pf"]
+    c = _bar_claim(bar, "mixed blocks cost less than regular ones")
+    assert c["holds"], (c["v_delta"], c["flop_delta"])
 
 
-def test_random_baseline_halves_volume_per_step(bar):
-    rnd = sorted((r for r in bar["baselines"] if r["method"] == "Random"), key=lambda r: r["pf"])
-    assert [round(r["v_factor"], 6) for r in rnd] == [2, 4, 8, 16]
-    assert all(r["f_factor"] > r["v_factor"] for r in rnd)  # F grows about as V^2
+@pytest.mark.xfail(strict=True, reason="cpu scale (results of the first cpu protocol): the FLOP saving of mixed over "
+                   "regular blocks is 23.6 / 18.5 / 19.8 / 16.3 % at PF 2 / 4 / 8 / 16; it does not grow with PF "
+                   "as the published table's does")
+def test_bar_mixed_saving_grows_with_pruning_factor(bar):
+    c = _bar_claim(bar, "the FLOP saving of mixed over regular blocks grows")
+    assert c["holds"], c["flop_saving"]
+
+
+def test_bar_eliminates_residual_blocks_at_high_pruning_factors(bar):
+    c = _bar_claim(bar, "residual blocks are eliminated")  # counted on each structure (empty mid or delta)
+    assert c["holds"], c["eliminated_blocks"]
+
+
+def test_bar_loses_less_accuracy_than_random_from_pf2_to_pf16(bar):
+    c = _bar_claim(bar, "BAR loses less accuracy")
+    assert c["holds"], c
 
 
 def _bar_vs_random(bar):
+    from prunelab.analysis.bar import main_baseline
+
     acc = {r["pf"]: r["accuracy"] for r in bar["runs"]}
-    rnd = {r["pf"]: r["accuracy"] for r in bar["baselines"] if r["method"] == "Random"}
+    rnd = {r["pf"]: r["accuracy"] for r in main_baseline(bar)}
     return {pf: (acc[pf], rnd[pf]) for pf in (4, 8)}
 
 
 def test_bar_beats_random_pruning_at_factors_4_and_8(bar):
     for pf, (a_bar, a_rnd) in _bar_vs_random(bar).items():
         assert a_bar > a_rnd, f"PF {pf}: BAR {a_bar:.4f} vs random {a_rnd:.4f}"
+
+
+def _learned_vs_pruned(bar):
+    """Test accuracy of the gated network at the end of the pruning phase and right after hard pruning,
+    per PF (the learned accuracy from the run record, or the last pruning-phase epoch's test accuracy in
+    results written before that record existed)."""
+    out = {}
+    for r in bar["runs"]:
+        learned = r.get("accuracy_learned")
+        if learned is None:
+            learned = [m for m in r["metrics"] if m.get("stage") == "learn"][-1]["test_acc"]
+        out[r["pf"]] = (learned, r["accuracy_before_finetune"])
+    return out
+
+
+@pytest.mark.xfail(strict=True, reason="results of the first cpu protocol (kept maps x 1 after hard pruning): test "
+                   "accuracy end of pruning phase -> after hard pruning 58.9 -> 23.7 % (PF 2), 46.5 -> 22.2 % (4), "
+                   "28.3 -> 10.1 % (8), 21.0 -> 18.2 % (16)")
+def test_bar_hard_pruning_keeps_what_the_pruning_phase_learned(bar):
+    # the remaining gap is the removed dead branches' constants and the maps closed to meet the budget
+    for pf, (learned, pruned) in _learned_vs_pruned(bar).items():
+        assert pruned >= learned - 0.02, f"PF {pf}: {100 * learned:.1f}% -> {100 * pruned:.1f}%"
+
+
+def test_random_baseline_halves_volume_per_step(bar):
+    from prunelab.analysis.bar import main_baseline
+
+    rnd = main_baseline(bar)
+    assert [round(r["v_factor"], 6) for r in rnd] == [2, 4, 8, 16]
+    assert all(r["f_factor"] > r["v_factor"] for r in rnd)  # F grows about as V^2
 
 
 # -- PFS (supplement 002, Fig. S1/S2) ------------------------------------------------------------------

@@ -99,3 +99,30 @@ def test_regular_vs_mixed_accounting():
 def test_measured_macs_of_dense_model_match_counter():
     m = models.create("resnet56", shortcut="B")
     assert measure_macs(m)["macs"] == count(m).macs
+
+
+def test_regular_block_has_one_trunk_set_per_stage_and_removed_branches_cost_nothing():
+    """B16: x + delta forces one channel set per stage; a removed branch counts 0 in V and MACs."""
+    spec = models.describe(models.create("bar_wrn", k=1, blocks_per_stage=3))
+    trunk = spec.trunks()["stage1"]  # layer1.0.proj, layer1.{0,1,2}.delta
+    assert trunk == ["layer1.0.proj", "layer1.0.delta", "layer1.1.delta", "layer1.2.delta"]
+    alive = {"layer1.0.proj": [0, 1, 2, 3], "layer1.0.delta": [4, 5, 6, 7], "layer1.1.delta": [8, 9],
+             # block 2's branch is removed (empty mid): its delta set must not widen the trunk
+             "layer1.2.mid": [], "layer1.2.delta": [12, 13, 14, 15]}
+    s = Structure._make(spec, alive)
+    area = spec.tensor("layer1.0.proj").area
+    reg = {t["name"]: t for t in count(spec, s, residual="regular").per_tensor}
+    mix = {t["name"]: t for t in count(spec, s, residual="mixed").per_tensor}
+    for n in ("layer1.0.proj", "layer1.0.delta", "layer1.1.delta"):  # the stage's one set: 4 + 4 + 2 channels
+        assert reg[n]["alive"] == 10 and reg[n]["volume"] == 10 * area
+    assert reg["layer1.2.delta"]["volume"] == 0  # removed branch: no phantom delta at trunk width
+    assert mix["layer1.0.delta"]["alive"] == 4 and mix["layer1.2.delta"]["alive"] == 4
+    # every conv reading the stage-1 trunk reads the 10 channels in regular accounting
+    ops = {o["name"]: o for o in count(spec, s, residual="regular").per_op}
+    for name in ("layer1.1.conv1", "layer1.2.conv1", "layer2.0.conv1", "layer2.0.shortcut.0"):
+        assert ops[name]["n_in"] == 10, name
+    # the removed branch's convs cost nothing in either accounting
+    assert ops["layer1.2.conv2"]["macs"] == 0 and ops["layer1.2.conv1"]["macs"] == 0
+    # mixed: layer1.1.conv1 reads the union of what reached it (proj and delta 0: 8 channels)
+    mops = {o["name"]: o for o in count(spec, s, residual="mixed").per_op}
+    assert mops["layer1.1.conv1"]["n_in"] == 8

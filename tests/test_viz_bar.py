@@ -80,3 +80,54 @@ def test_regular_vs_mixed_table():
     ours = vb.regular_vs_mixed_table([{"pf": 2, **regular_vs_mixed(spec, s)}])
     assert list(ours.columns) == ["PF", "V regular", "V mixed", "Δ V", "FLOP regular", "FLOP mixed", "Δ FLOP"]
     assert ours.iloc[0]["Δ V"].endswith("%") and ours.iloc[0]["Δ V"].startswith("-")
+
+
+def _line(ax, prefix):
+    (line,) = [ln for ln in ax.get_lines() if ln.get_label().startswith(prefix)]
+    return line
+
+
+def test_barrier_plot_is_the_closed_form():
+    from prunelab.methods.bar import barrier, budget_bound
+
+    ax = vb.plot_barrier(1.0, a=0.9, b=1.3)
+    _check(ax, "closed form")
+    assert ax.get_yscale() == "log"
+    x, y = (np.asarray(v, dtype=float) for v in _line(ax, "f(V").get_data())
+    assert len(x) > 100 and np.all(y > 0)  # only positive values on the log axis
+    np.testing.assert_allclose(y, barrier(x, 0.9, 1.3), rtol=1e-12)
+    inside = (x > 0.9) & (x < 1.3)
+    # f = x²/(1 − x) in x = (V − a)/(b − a), written out here independently of `barrier`
+    u = (x[inside] - 0.9) / 0.4
+    np.testing.assert_allclose(y[inside], np.minimum(u ** 2 / (1 - u), 1e10), rtol=1e-6)
+    assert y.min() < 1e-6 and y.max() == 1e10  # from the quadratic onset up to the cap
+    assert x.min() > 0.9 and x.max() > 1.3  # nothing at or below a on a log axis; the capped part is drawn
+    assert _line(ax, "a =").get_xdata()[0] == 0.9 and _line(ax, "b =").get_xdata()[0] == 1.3
+
+    # in units of B, the onset a = B(1 − margin) and the scheduled bound b(t)
+    B = 3.0e6
+    ax = vb.plot_barrier(B, margin=0.05, t=0.5, b0=2.02 * B, log=False, mark=1.2 * B)
+    b = float(budget_bound(0.5, 2.02 * B, B))
+    assert _line(ax, "a =").get_xdata()[0] == 0.95 and np.isclose(_line(ax, "b =").get_xdata()[0], b / B)
+    assert "b(t = 0.5)" in _line(ax, "b =").get_label() and ax.get_yscale() == "linear"
+    x, y = (np.asarray(v, dtype=float) for v in _line(ax, "f(V").get_data())
+    far = x < 0.999 * b / B  # V/B·B rounds; keep away from the pole
+    np.testing.assert_allclose(y[far], barrier(x[far] * B, 0.95 * B, b), rtol=1e-6, atol=1e-12)
+    assert np.any(y == 0) and np.all(y[x <= 0.95] == 0)  # the sparsity loss is off below a
+    expected = float(barrier(1.2 * B, 0.95 * B, b))
+    assert f"f(1.2 B) = {expected:.3g}" in " ".join(t.get_text() for t in ax.texts)
+
+
+def test_barrier_plot_rejects_bad_input():
+    with pytest.raises(ValueError, match="b must exceed a"):
+        vb.plot_barrier(1.0, a=1.0, b=0.99)
+    with pytest.raises(ValueError, match="either b .* or t"):
+        vb.plot_barrier(1.0, b=1.2, t=0.5)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
+        vb.plot_barrier(1.0, t=1.5)
+    with pytest.raises(ValueError, match="raise b0 above a"):
+        vb.plot_barrier(1.0, margin=0.1, b0=0.8, t=0.0)
+    with pytest.raises(ValueError, match="budget must be a finite volume > 0"):
+        vb.plot_barrier(0.0)
+    with pytest.raises(ValueError, match=r"margin must lie in \(0, 1\)"):
+        vb.plot_barrier(1.0, margin=0.0)

@@ -7,8 +7,8 @@ import pandas as pd
 from prunelab import models
 from prunelab.analysis.bar import active_neurons, section_totals
 from prunelab.pruning.structure import Structure
-from prunelab.viz.widgets import (ActiveNeuronsExplorer, BudgetExplorer, ConcreteExplorer, StructureExplorer,
-                                  TransitionExplorer)
+from prunelab.viz.widgets import (ActiveNeuronsExplorer, BarrierExplorer, BudgetExplorer, ConcreteExplorer,
+                                  StructureExplorer, TransitionExplorer)
 
 
 def teardown_function():
@@ -35,6 +35,36 @@ def test_concrete_and_transition_explorers():
     t = TransitionExplorer()
     t.d.value = 1e-2
     assert "T(0.25) = 0.2500" in t.label.value  # d -> 0: linear
+
+
+def _curve(ax):
+    (line,) = [ln for ln in ax.get_lines() if ln.get_label() == "f(V; a, b)"]
+    return np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float)
+
+
+def test_barrier_explorer_follows_margin_bound_and_schedule():
+    from prunelab.methods.bar import barrier, budget_bound
+
+    e = BarrierExplorer(margin=0.1, b=1.5, v=1.2)
+    x, y = _curve(e.ax)
+    np.testing.assert_allclose(y, barrier(x, 0.9, 1.5), rtol=1e-12)
+    assert e.value == barrier(1.2, 0.9, 1.5) and f"= {e.value:.4g}" in e.label.value  # x = 0.5: f = 0.5
+    assert "f(V = 1.200 B) = 0.5 " in e.label.value
+    e.margin.value = 0.01  # a moves to 0.99 B: the curve is redrawn
+    x2, y2 = _curve(e.ax)
+    np.testing.assert_allclose(y2, barrier(x2, 0.99, 1.5), rtol=1e-12)
+    assert x2.min() > 0.99 > x.min()
+    e.b.value = 1.3
+    assert np.isclose(e.value, barrier(1.2, 0.99, 1.3)) and "b = 1.3000 B" in e.label.value
+    e.mode.value = "t"  # the bound follows b(t) from b0 = 2.02 B
+    assert e.b.disabled and not e.t.disabled and "b(t = 0) = 2.0200 B" in e.label.value
+    e.t.value = 0.5
+    b = float(budget_bound(0.5, 2.02, 1.0, 10.0))
+    assert np.isclose(e.bound(), b) and f"b(t = 0.5) = {b:.4f} B" in e.label.value
+    x3, y3 = _curve(e.ax)
+    np.testing.assert_allclose(y3, barrier(x3, 0.99, b), rtol=1e-12)
+    e.v.value = 0.5
+    assert e.value == 0.0 and "sparsity loss off" in e.label.value
 
 
 def test_active_neurons_explorer_reports_eliminated_blocks():

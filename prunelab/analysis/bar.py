@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ..counting import count
 
-__all__ = ["active_neurons", "section_totals", "regular_vs_mixed"]
+__all__ = ["active_neurons", "section_totals", "regular_vs_mixed", "claims"]
 
 # -- active neurons (supp §7 Fig. 1) ---------------------------------------------------------------
 
@@ -111,3 +111,87 @@ def regular_vs_mixed(spec, structure):
     f_r, f_m = float(reg.flops), float(mix.flops)
     return {"v_regular": v_r, "v_mixed": v_m, "v_delta": (v_m - v_r) / v_r,
             "flop_regular": f_r, "flop_mixed": f_m, "flop_delta": (f_m - f_r) / f_r}
+
+
+# -- the supplement's claims, recomputed from cached structures ----------------------------------------
+
+
+def _structure(row):
+    from ..pruning.structure import Structure
+
+    return Structure.from_dict(row["structure"]) if isinstance(row.get("structure"), dict) else row["structure"]
+
+
+def main_baseline(results, kind="random"):
+    """The baseline rows BAR is compared with: the distilled ones ("Random + KD") when the study ran
+    them, else the only ones it has (results written before the distilled baseline existed)."""
+    rows = [r for r in results.get("baselines", []) if r.get("kind", r["method"].lower()) == kind]
+    kd = [r for r in rows if r.get("kd")]
+    return sorted(kd or rows, key=lambda r: r["pf"])
+
+
+def claims(results, spec=None) -> list[dict]:
+    """The BAR supplement's claims checked on a study's results (``results/bar_<scale>.json``), every
+    number recounted from the cached structures rather than read from cached summaries.
+
+    1. every BAR structure (tuned runs and sensitivity draws) meets its volume budget: V recounted
+       by :func:`~prunelab.counting.count` is at most V0 / PF;
+    2. BAR loses less accuracy from PF 2 to PF 16 than the random baseline (the distilled one when
+       present): (acc(2) - acc(16)) of BAR < that of random;
+    3. residual blocks are eliminated at PF 8 and 16 (supp §7 Fig. 1): at least one block whose
+       ``mid`` or ``delta`` is empty, counted per structure;
+    4. the mixed block costs less than a regular one at PF >= 4 (supp §5), V and FLOP, under the
+       regular accounting of :func:`prunelab.counting.count` (B16);
+    5. the FLOP gap of mixed vs regular grows with PF, as in the published table (reported; it may
+       not hold).
+
+    Returns one dict per claim: ``claim`` (statement), ``holds`` (bool, or None when the results lack
+    what it needs) and the numbers it was decided on.
+    """
+    from .. import models
+
+    if spec is None:
+        m = dict(results["model"])
+        spec = models.describe(models.create(m.pop("name"), **m))
+    v0 = float(count(spec).volume)
+    runs = sorted(results.get("runs", []), key=lambda r: r["pf"])
+    out = []
+    # 1 ---------------------------------------------------------------------------------------------
+    checked = []
+    draws = [r for r in results.get("sensitivity", []) if r.get("run", 0) != 0]  # run 0 is the tuned run
+    for r in runs + draws:
+        v = float(count(spec, _structure(r)).volume)
+        checked.append({"pf": r["pf"], "run": r.get("run", 0), "v_factor": v0 / v, "met": v <= v0 / r["pf"] * (1 + 1e-9)})
+    out.append({"claim": "every BAR structure meets its volume budget (V recounted <= V0 / PF)",
+                "holds": bool(checked) and all(c["met"] for c in checked), "structures": checked})
+    # 2 ---------------------------------------------------------------------------------------------
+    acc = {r["pf"]: r["accuracy"] for r in runs}
+    rnd_rows = main_baseline(results)
+    rnd = {r["pf"]: r["accuracy"] for r in rnd_rows}
+    if {2, 16} <= acc.keys() and {2, 16} <= rnd.keys():
+        d_bar, d_rnd = acc[2] - acc[16], rnd[2] - rnd[16]
+        out.append({"claim": "BAR loses less accuracy from PF 2 to PF 16 than random pruning",
+                    "holds": bool(d_bar < d_rnd), "bar_drop": d_bar, "random_drop": d_rnd,
+                    "baseline": rnd_rows[0]["method"], "bar": acc, "random": rnd})
+    else:
+        out.append({"claim": "BAR loses less accuracy from PF 2 to PF 16 than random pruning", "holds": None})
+    # 3 ---------------------------------------------------------------------------------------------
+    elim = {}
+    for r in runs:
+        sec = section_totals(active_neurons(spec, _structure(r)))
+        elim[r["pf"]] = int(sec["eliminated"].sum())
+    high = [pf for pf in (8, 16) if pf in elim]
+    out.append({"claim": "residual blocks are eliminated at PF 8 and 16",
+                "holds": (all(elim[pf] > 0 for pf in high) if high else None), "eliminated_blocks": elim})
+    # 4, 5 ------------------------------------------------------------------------------------------
+    rm = {r["pf"]: regular_vs_mixed(spec, _structure(r)) for r in runs}
+    ge4 = {pf: v for pf, v in rm.items() if pf >= 4}
+    out.append({"claim": "mixed blocks cost less than regular ones at PF >= 4 (V and FLOP)",
+                "holds": (all(v["v_delta"] < 0 and v["flop_delta"] < 0 for v in ge4.values()) if ge4 else None),
+                "v_delta": {pf: v["v_delta"] for pf, v in rm.items()},
+                "flop_delta": {pf: v["flop_delta"] for pf, v in rm.items()}})
+    gaps = [-rm[pf]["flop_delta"] for pf in sorted(rm)]
+    out.append({"claim": "the FLOP saving of mixed over regular blocks grows with PF (published trend)",
+                "holds": (bool(all(b > a for a, b in zip(gaps, gaps[1:]))) if len(gaps) > 1 else None),
+                "flop_saving": dict(zip(sorted(rm), gaps))})
+    return out

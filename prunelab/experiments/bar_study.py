@@ -6,20 +6,22 @@ Scales (say what was run; docs/decisions.md §4.8, §6.4):
 * ``paper``: BAR's WRN (k = 12), teacher 80+10 epochs, BAR 80 / 40 / 10 epochs, baselines
   40+10 per step, 10 sensitivity runs per budget. Needs a GPU.
 * ``cpu``: the same network at k = 1 (16/32/64 channels, every conv output gated: 28 tensors, 1,024
-  gates, V0 = 274,432), full CIFAR-10, batch 128; teacher 10 epochs; BAR 3 (pruning) + 2 (fine-tune)
-  epochs, **warm-started from the teacher's weights** (the supplement's Mio-TCD protocol; on CIFAR the
-  paper starts from random weights, but with every feature map multiplied by Hard Concrete noise a
-  randomly initialised WRN learned nearly nothing in 6 epochs: measured 11-18 % train accuracy);
-  lambda 1e-4, Adam on log alpha at lr 2e-2 (so gates can cross the threshold within the short phase);
-  baselines 2 epochs per step; no extra sensitivity draws (the tuned run only: the whole cpu sweep has
-  to fit in about an hour on 2 cores, and one BAR run takes ~15 min there). A first protocol with 6 + 3
-  epochs and gate lr 1e-2 reached 60.7 % at PF 8 (V x8.3) but took ~50 min per budget.
-* ``ci``: one block per stage, 200 training images, one or two epochs per phase, no extra
-  sensitivity draws: mechanics only.
+  gates, V0 = 274,432), full CIFAR-10, batch 128; teacher 10 epochs of one-cycle SGD; BAR 3 (pruning)
+  + 4 (fine-tune) epochs, **warm-started from the teacher's weights** (the supplement's Mio-TCD
+  protocol; on CIFAR the paper starts from random weights, but with every feature map multiplied by
+  Hard Concrete noise a randomly initialised WRN learned nearly nothing in 6 epochs: measured 11-18 %
+  train accuracy); lambda 1e-4, Adam on log alpha at lr 2e-2 (so gates can cross the threshold within
+  the short phase); kept maps keep their frozen gate value after hard pruning (B9); baselines with and
+  without distillation, 3 epochs per step; 3 sensitivity draws at PF 4 and 8 (docs/decisions.md §4.8,
+  B18; about 4 hours of CPU here, two processes can share it: ``prunelab experiment bar --scale cpu``
+  twice, then ``--collect``).
+* ``ci``: one block per stage, 200 training images, one or two epochs per phase, one sensitivity
+  draw at PF 2: mechanics only.
 
 The iterative baselines (supplement §3.2) start from the trained teacher and remove 50 % of every
 gated tensor per step (the contributors of each residual trunk share one mask, L6), retraining after
-each step, which gives V-factors 2, 4, 8, 16 and F ~ V^2.
+each step with BAR's fine-tuning optimiser, which gives V-factors 2, 4, 8, 16 and F ~ V^2. They run
+distilled from the teacher like BAR (the comparison) and without distillation (a second row).
 """
 
 from __future__ import annotations
@@ -41,24 +43,32 @@ from ..workflows import SubRuns, iterative_prune, run_pipeline, train
 from . import open_study, write_results
 
 PRUNING_FACTORS = (2, 4, 8, 16)
+# baselines: (shrink rule, distilled from the teacher like BAR); the undistilled rows are kept as a
+# second reading of the comparison (supplement §3.2 does not say whether its baselines distil)
 SETTINGS = {
-    "ci": {"sensitivity_runs": 0, "baseline_epochs": 1, "baselines": ("random",), "warm_start": True},
-    "cpu": {"sensitivity_runs": 0, "baseline_epochs": 2, "baselines": ("random",), "warm_start": True},
-    "paper": {"sensitivity_runs": 10, "baseline_epochs": 50, "baselines": ("random", "wm"), "warm_start": False},
+    "ci": {"sensitivity_runs": 1, "sensitivity_factors": (2,), "baseline_epochs": 1,
+           "baselines": (("random", True), ("random", False)), "warm_start": True},
+    "cpu": {"sensitivity_runs": 3, "sensitivity_factors": (4, 8), "baseline_epochs": 3,
+            "baselines": (("random", True), ("random", False)), "warm_start": True},
+    "paper": {"sensitivity_runs": 10, "sensitivity_factors": PRUNING_FACTORS, "baseline_epochs": 50,
+              "baselines": (("random", True), ("random", False), ("wm", True), ("wm", False)), "warm_start": False},
 }
 PARTS = ("teacher", "bar", "baselines", "sensitivity")
 
-# B18: the seven hyper-parameters the sensitivity analysis draws around their tuned values
-# [unverified: the supplement names no parameters, only interval widths of 1e-5, 0.2 or 1.0]
+# B18: the seven hyper-parameters the sensitivity analysis draws uniformly around their tuned values,
+# with the supplement's interval widths (1e-5, 0.2 or 1.0 "depending on the scale of the parameter",
+# supp §8). Which seven it drew is not stated [unverified]: these are BAR's tunable constants whose
+# scale matches one of the three widths and stays valid over the whole interval.
 SENSITIVITY = {
-    "method.lambda": ("relative", 0.5),  # U(0.5, 1.5) x tuned
-    "method.margin": ("relative", 0.5),
-    "method.d": ("absolute", 1.0),  # U(9.5, 10.5)
-    "method.b0_factor": ("absolute", 0.01),  # U(1.005, 1.015): b0 must stay above V0
-    "method.kd_temperature": ("absolute", 1.0),  # U(3.5, 4.5)
-    "method.kd_alpha": ("absolute", 0.2),  # U(0.8, 1.0)
-    "optim.lr": ("relative", 0.5),
+    "method.lambda": 1e-5,  # tuned 1e-5 (paper), 1e-4 (cpu): U(tuned - 5e-6, tuned + 5e-6)
+    "method.margin": 1e-5,  # 1e-4 -> U(9.5e-5, 1.05e-4)
+    "optim.lr": 1e-5,  # Adam 1e-3 -> U(9.95e-4, 1.005e-3)
+    "optim.weight_decay": 1e-5,  # 5e-4 -> U(4.95e-4, 5.05e-4)
+    "method.kd_alpha": 0.2,  # 0.9 -> U(0.8, 1.0)
+    "method.d": 1.0,  # 10 -> U(9.5, 10.5)
+    "method.kd_temperature": 1.0,  # 4 -> U(3.5, 4.5)
 }
+SENSITIVITY_WIDTHS = (1e-5, 0.2, 1.0)  # the only widths the supplement gives
 
 
 def sample_hyperparameters(base, rng: np.random.Generator) -> dict:
@@ -67,13 +77,13 @@ def sample_hyperparameters(base, rng: np.random.Generator) -> dict:
 
     method = {**create("bar").config(), **base.method}
     out = {}
-    for key, (kind, width) in SENSITIVITY.items():
+    for key, width in SENSITIVITY.items():
         section, name = key.split(".")
         v0 = float(method[name] if section == "method" else getattr(getattr(base, section), name))
-        v = v0 * rng.uniform(1 - width, 1 + width) if kind == "relative" else rng.uniform(v0 - width / 2, v0 + width / 2)
-        if name == "kd_alpha":
-            v = min(v, 1.0)
-        out[key] = float(v)
+        if v0 - width / 2 < 0 or (name in ("kd_alpha", "margin") and v0 + width / 2 > 1):
+            raise ConfigError(f"sensitivity interval of {key} ({v0:g} +- {width / 2:g}) leaves its valid range; "
+                              f"change the tuned value or the width in bar_study.SENSITIVITY")
+        out[key] = float(rng.uniform(v0 - width / 2, v0 + width / 2))
     return out
 
 
@@ -94,6 +104,8 @@ def _summarize_pipeline(run_dir: Path, spec, extra: dict) -> dict:
         "v_factor": full.volume / pruned.volume, "f_factor": full.macs / pruned.macs,
         "volume": pruned.volume, "flops": pruned.flops, "accuracy": res["final_test_acc"],
         "accuracy_before_finetune": res["pruned_test_acc_before_finetune"],
+        "accuracy_learned": res.get("learned_test_acc"),
+        "end_of_phase_factor": rep.get("end_of_phase_factor"), "trimmed_channels": rep.get("trimmed_channels", []),
         "budget_met": rep.get("budget_met"), "removed_branches": rep.get("removed_branches", []),
         "revived_channels": rep.get("revived_channels", []), "barrier_overshoots": rep.get("barrier_overshoots"),
         "alive": structure.counts(), "structure": structure.to_dict(), "regular_vs_mixed": regular_vs_mixed(spec, structure),
@@ -134,26 +146,48 @@ def _shrink(kind: str):
     return shrink
 
 
-def _baseline(kind: str, scale: str, runs: SubRuns, teacher_path: Path) -> list[dict]:
-    """Iterative random / weight-magnitude pruning from the teacher (supplement §3.2)."""
+def baseline_label(kind: str, kd: bool) -> str:
+    """Row label of an iterative baseline: "Random" / "WM", with or without distillation."""
+    return ("Random" if kind == "random" else "WM") + (" + KD" if kd else " (no KD)")
+
+
+def _baseline(kind: str, kd: bool, scale: str, runs: SubRuns, teacher_path: Path) -> list[dict]:
+    """Iterative random / weight-magnitude pruning from the teacher (supplement §3.2); with ``kd`` every
+    retraining distils from the teacher with BAR's T and alpha, as BAR's own phases do."""
+    from ..methods import create
+    from ..train.distill import Distillation
+    from ..train.trainer import load_weights
+
     epochs = SETTINGS[scale]["baseline_epochs"]
+    # retrained with BAR's fine-tuning optimiser (Adam 1e-3, x0.1 for the last epoch), whatever recipe
+    # trained the teacher
     cfg = load_config("bar_wrn_teacher", scale, overrides=deep_merge(runs.progress_override, {
-        "train": {"epochs": epochs}, "schedule": {"milestones": [max(1, epochs - 1)]}}))
-    steps = iterative_prune(cfg, runs.path(kind), init_from=teacher_path, steps=len(PRUNING_FACTORS),
-                            shrink=_shrink(kind), stage=kind, collect=runs.collect,
-                            stage_names=[f"{kind}{pf}" for pf in PRUNING_FACTORS],
+        "train": {"epochs": epochs}, "optim": {"name": "adam", "lr": 1.0e-3, "weight_decay": 5.0e-4},
+        "schedule": {"name": "multistep", "warmup": 0, "milestones": [max(1, epochs - 1)], "gamma": 0.1}}))
+    hooks = []
+    if kd:
+        o = create("bar").options
+        teacher = models.create(cfg.model.name, **cfg.model.kwargs)
+        load_weights(teacher, teacher_path)
+        hooks = [Distillation(teacher, o.kd_temperature, o.kd_alpha)]
+    name = kind + ("-kd" if kd else "")
+    steps = iterative_prune(cfg, runs.path(name), init_from=teacher_path, steps=len(PRUNING_FACTORS),
+                            shrink=_shrink(kind), stage=name, collect=runs.collect, hooks=hooks,
+                            stage_names=[f"{name}{pf}" for pf in PRUNING_FACTORS],
                             say=lambda *a: None)
-    runs.missing += [f"{kind} PF {pf}" for pf in PRUNING_FACTORS[len(steps):]]
+    runs.missing += [f"{name} PF {pf}" for pf in PRUNING_FACTORS[len(steps):]]
     spec = models.describe(models.create(cfg.model.name, **cfg.model.kwargs))
     full = count(spec)
     rows = []
     for row, pf in zip(steps, PRUNING_FACTORS):
         c = count(spec, row["structure"])
-        rows.append({"method": "Random" if kind == "random" else "WM", "pf": pf, "v_factor": full.volume / c.volume,
+        rows.append({"method": baseline_label(kind, kd), "kind": kind, "kd": kd, "pf": pf,
+                     "v_factor": full.volume / c.volume,
                      "f_factor": full.macs / c.macs, "accuracy": row["accuracy"],
                      "accuracy_before_finetune": row["accuracy_before_finetune"],
-                     "alive": row["structure"].counts(), "metrics": row["metrics"]})
-        runs.say(f"{kind} PF {pf}: V x{rows[-1]['v_factor']:.2f}, F x{rows[-1]['f_factor']:.1f}, "
+                     "alive": row["structure"].counts(), "structure": row["structure"].to_dict(),
+                     "metrics": row["metrics"]})
+        runs.say(f"{name} PF {pf}: V x{rows[-1]['v_factor']:.2f}, F x{rows[-1]['f_factor']:.1f}, "
                  f"accuracy {100 * rows[-1]['accuracy']:.2f}%")
     return rows
 
@@ -195,8 +229,8 @@ def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, result
             if pf in PRUNING_FACTORS:
                 bar_run(pf)
     if "baselines" in parts:
-        for kind in SETTINGS[scale]["baselines"]:
-            baselines += _baseline(kind, scale, runs, tdir / "model.pt")
+        for kind, kd in SETTINGS[scale]["baselines"]:
+            baselines += _baseline(kind, kd, scale, runs, tdir / "model.pt")
     if "bar" in parts:
         for pf in PRUNING_FACTORS:
             d, cfg = bar_run(pf)
@@ -208,16 +242,18 @@ def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, result
                      f"F x{bar_runs[-1]['f_factor']:.1f}, accuracy {100 * bar_runs[-1]['accuracy']:.2f}%")
     # sensitivity ----------------------------------------------------------------------------------
     if "sensitivity" in parts:
-        rng = np.random.default_rng(2019)
-        for pf in PRUNING_FACTORS:
+        for pf in SETTINGS[scale]["sensitivity_factors"]:
+            rng = np.random.default_rng([2019, pf])  # a budget's draws do not depend on the other budgets'
             base = load_config("bar_wrn_bar", scale, overrides={"budget": {"factor": pf}})
             for i in range(SETTINGS[scale]["sensitivity_runs"]):
                 hp = sample_hyperparameters(base, rng)
-                over = {"train": {"seed": i + 1}, "stages": {"finetune": {"optim": {"lr": hp["optim.lr"]}}}}
+                over = {"train": {"seed": i + 1},
+                        "stages": {"finetune": {"optim": {"lr": hp["optim.lr"],
+                                                          "weight_decay": hp["optim.weight_decay"]}}}}
                 for key, v in hp.items():  # "method.lambda" -> {"method": {"lambda": v}}
                     section, name = key.split(".")
                     over = deep_merge(over, {section: {name: v}})
-                # the same hyper-parameters apply to the fine-tuning stage's learning rate (above)
+                # the same optimiser draws apply to the fine-tuning stage (above)
                 cfg = bar_config(pf, over)
                 d = runs.get(f"sensitivity-v{pf}-{i}", lambda d, cfg=cfg: run_pipeline(cfg, d, resume=True, quiet=quiet),
                              f"sensitivity PF {pf} run {i + 1}")
@@ -225,7 +261,8 @@ def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, result
                     sensitivity.append(_summarize_pipeline(d, spec, {"method": "BAR", "pf": pf, "run": i + 1,
                                                                      "hyperparameters": hp}))
         # the tuned runs count as run 0 of the sensitivity analysis
-        sensitivity = [{**r, "run": 0, "hyperparameters": "tuned"} for r in bar_runs] + sensitivity
+        factors = set(SETTINGS[scale]["sensitivity_factors"])
+        sensitivity = [{**r, "run": 0, "hyperparameters": "tuned"} for r in bar_runs if r["pf"] in factors] + sensitivity
     results = {
         "study": "bar", "scale": scale, "created": time.strftime("%Y-%m-%d %H:%M"),
         "command": f"prunelab experiment bar --scale {scale} --out {out}",

@@ -16,8 +16,9 @@ BAR's WRN), log alpha ~ U(0, 0.01), beta/gamma/zeta = 2/3, -0.1, 1.1. The object
   ``b0 = 1.01 V0``, ``t`` the fraction of the pruning phase elapsed, updated every step [B2, B3];
 * ``L_D`` = Hinton distillation from a trained full network (T = 4, alpha = 0.9) [B6].
 
-Hard prune at ẑ > 0, remove dead residual branches [B10], freeze Φ and fine-tune the compact
-(mixed-connectivity) network with kept maps multiplied by 1 [B9], distillation kept. The codes in
+Hard prune at ẑ > 0, remove dead residual branches [B10], close the weakest gates if the phase ended
+over budget [B20], freeze Φ and fine-tune the compact (mixed-connectivity) network with kept maps
+multiplied by their frozen ẑ, so hard pruning keeps the function [B9], distillation kept. The codes in
 brackets are explained in docs/decisions.md.
 """
 
@@ -119,7 +120,10 @@ class BarOptions(HardConcreteOptions):
     ``cap``: the barrier's value at and above b; ``gate_optimizer``: Adam or SGD on log alpha;
     ``sparsity_weight``: ``none`` or ``area`` (B4); ``teacher``: checkpoint of the distillation teacher
     (None: no distillation); ``kd_temperature``, ``kd_alpha``: Hinton distillation; ``clean``: remove
-    dead residual branches after pruning (B10).
+    dead residual branches after pruning (B10); ``post_prune_scale``: ``zhat`` (default) keeps the kept
+    maps' deterministic gate values as fixed multipliers, so hard pruning changes the network only by
+    the maps it removes (B9); ``trim_to_budget``: if the deterministic gates end the pruning phase over
+    the budget, close the alive channels with the smallest log alpha until it holds (B20).
     """
 
     d: float = 10.0
@@ -132,6 +136,8 @@ class BarOptions(HardConcreteOptions):
     kd_temperature: float = 4.0
     kd_alpha: float = 0.9
     clean: bool = True
+    post_prune_scale: Literal["one", "zhat"] = "zhat"  # B9: hard pruning keeps the network function
+    trim_to_budget: bool = True
 
     def check(self):
         super().check()
@@ -242,24 +248,47 @@ class BudgetAwareRegularization(HardConcreteMethod):
         self.overshoots = state.get("overshoots", 0)
 
     # -- after the pruning phase -------------------------------------------------------------------
-    def select(self, model, spec, budget):
-        s = Structure.from_gates(model)
+    def _tidy(self, s, spec, scores):
         if self.options.clean:
             s = clean(s, spec)
-        s = ensure_connected(s, spec, {n: g.log_alpha.detach().cpu().numpy() for n, g in model.items()})
+        return ensure_connected(s, spec, scores)
+
+    def select(self, model, spec, budget):
+        scores = {n: g.log_alpha.detach().cpu().numpy() for n, g in model.items()}
+        gates = Structure.from_gates(model)
+        s = self._tidy(gates, spec, scores)
         full = count(spec)
-        c = count(spec, s)
         metric = budget.metric if budget else "volume"
         pick = {"volume": lambda x: x.volume, "flops": lambda x: x.flops, "macs": lambda x: x.macs}[metric]
-        achieved, ref = float(pick(c)), float(pick(full))
+        ref = float(pick(full))
+        target = budget.keep * ref if budget else None
+        end_of_phase = float(pick(count(spec, gates)))  # the deterministic gates as the pruning phase left them
+        trimmed = []
+        # B20: the barrier keeps V below the annealed bound only approximately (a step can cross it);
+        # close the weakest alive gates until the budget holds, so the pruned network meets it by itself
+        # and not only through dead-branch removal
+        while (self.options.trim_to_budget and target is not None
+               and float(pick(count(spec, s))) > target * (1 + 1e-9)):
+            cand = [(float(scores[n][i]), n, int(i)) for n, idx in s.alive.items() if len(idx) > 1 for i in idx]
+            if not cand:
+                break
+            _, n, i = min(cand)
+            trimmed.append([n, i])
+            s = self._tidy(s.with_alive({n: [j for j in s.alive[n] if j != i]}), spec, scores)
+        c = count(spec, s)
+        achieved = float(pick(c))
         extra = {"target_factor": budget.factor if budget else None,
                  "achieved_factor": ref / max(achieved, 1), "v_factor": full.volume / max(c.volume, 1),
                  "f_factor": full.macs / max(c.macs, 1), "removed_branches": s.meta.get("removed_branches", []),
                  "revived_channels": s.meta.get("revived", []),
-                 "budget_met": bool(budget is None or achieved <= budget.keep * ref * (1 + 1e-9)),
+                 "end_of_phase": end_of_phase, "end_of_phase_factor": ref / max(end_of_phase, 1),
+                 "trimmed_channels": trimmed,
+                 "budget_met": bool(budget is None or achieved <= target * (1 + 1e-9)),
                  "barrier_overshoots": self.overshoots}
         rule = "deterministic gate > 0, dead branches removed" if self.options.clean else "gate > 0"
-        return s, SelectReport(rule, metric, budget.keep * ref if budget else None, achieved, s.counts(), extra)
+        if trimmed:
+            rule += f", {len(trimmed)} weakest gates closed to meet the budget"
+        return s, SelectReport(rule, metric, target, achieved, s.counts(), extra)
 
     def finetune_hooks(self):
         kd = self._teacher()

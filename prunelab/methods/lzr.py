@@ -19,7 +19,7 @@ from ..errors import ConfigError
 from ..hooks import ParamGroup
 from ..pruning.budget import solve_budget
 from ..pruning.compact import compact
-from ..pruning.gates import FixedGate, GatedModel, HardConcreteGate, attach_gates
+from ..pruning.gates import FixedGate, GatedModel, HardConcreteGate, attach_gates, strip_gates
 from ..pruning.result import SelectReport
 from ..pruning.structure import Structure, ensure_connected
 from . import register
@@ -111,9 +111,15 @@ class HardConcreteMethod(Method):
 
     def hard_prune(self, model, structure):
         if self.options.post_prune_scale == "zhat":
+            import copy
+
             gates = {n: FixedGate(v.to(g.values().device)) for (n, g), v in
                      zip(model.items(), zhat_values(model, structure).values())}
-            return compact(GatedModel(model.net, gates, model.spec), structure)
+            # on a copy: attaching the fixed gates to model.net would replace the learned gates' hooks
+            # in the caller's network (it would then compute with the frozen values)
+            net = strip_gates(copy.deepcopy(model.net))
+            net.__dict__.pop("_prunelab_spec", None)
+            return compact(GatedModel(net, gates, model.spec), structure)
         return compact(model.net, structure)
 
 

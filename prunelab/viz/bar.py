@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..analysis import hard_concrete as hc
-from ..methods.bar import transition
+from ..methods.bar import barrier, barrier_onset, budget_bound, transition
 from .style import title_with_scale
 
-__all__ = ["plot_concrete_pdf", "plot_concrete_icdf", "plot_transition", "plot_active_neurons",
+__all__ = ["plot_concrete_pdf", "plot_concrete_icdf", "plot_transition", "plot_barrier", "plot_active_neurons",
            "plot_accuracy_vs_factor", "plot_sensitivity", "regular_vs_mixed_table"]
 
 FACTOR_LABELS = {"v_factor": "V-factor (V₀ / V, log₂ scale)",
@@ -95,6 +95,109 @@ def plot_transition(ds=(0.1, 2, 5, 10, 20, 50), ax=None, scale="closed form"):
     return title_with_scale(ax, "Sigmoidal transition T(t, d) of the budget bound", scale)
 
 
+def _positive(name, value):
+    v = float(value)
+    if not np.isfinite(v) or v <= 0:
+        raise ValueError(f"{name} must be a finite volume > 0, got {value!r}")
+    return v
+
+
+def plot_barrier(budget=1.0, a=None, b=None, *, margin=1e-4, t=None, b0=None, d=10.0, cap=1e10, v_max=None,
+                 mark=None, log=True, ax=None, scale="closed form"):
+    """BAR's budget barrier f(V; a, b), the multiplier of the sparsity loss (docs/decisions.md §4.5; B1).
+
+    The objective is L = L_D + λ·f(V; a, b(t))·L_HC (§4.7), with
+
+        f = 0 for V ≤ a;  f = (V − a)² / ((b − a)(b − V)) for a < V < b;  f = cap for V ≥ b
+
+    (:func:`prunelab.methods.bar.barrier`). With x = (V − a)/(b − a), f = x²/(1 − x): the shape
+    inside (a, b) does not depend on a and b, only where it sits on the V axis does. Only the
+    qualitative shape is documented by the authors (supplement); the formula comes from an
+    unofficial re-implementation [unverified; B1].
+
+    Args:
+        budget: the budget B. Every volume argument (``a``, ``b``, ``b0``, ``v_max``, ``mark``) is in
+            the same unit as ``budget``; the x axis shows V / B.
+        a: onset of the barrier; default a = B·(1 − ``margin``) (:func:`~prunelab.methods.bar.barrier_onset`).
+        b: the bound. Give either ``b`` or ``t``; with neither, b = b₀ (the bound at t = 0).
+        t: fraction of the pruning phase elapsed, in [0, 1]: b = b(t) = (1 − T(t, d))·b₀ + T(t, d)·B
+            (:func:`~prunelab.methods.bar.budget_bound`, §4.6; B2).
+        b0: the bound at t = 0; default 1.01·B (the package uses b₀ = 1.01·V₀ = 1.01·PF·B).
+        d: hardness of the transition T(t, d).
+        cap: f at and above b (the paper's +∞); drawn on the log axis, off the top of a linear one.
+        v_max: right end of the x range (default b + (b − a)/4).
+        mark: a volume at which f is marked and annotated.
+        log: log y axis (default: f spans many decades); only the values f > 0 (V > a) are drawn on it.
+    """
+    budget = _positive("budget", budget)
+    if not np.isfinite(margin) or not 0 < margin < 1:
+        raise ValueError(f"margin must lie in (0, 1) (a = B·(1 − margin)), got {margin!r}")
+    a = float(barrier_onset(budget, margin)) if a is None else float(a)
+    if not np.isfinite(a) or a < 0:
+        raise ValueError(f"a must be a finite volume >= 0, got {a!r}")
+    if b is not None and t is not None:
+        raise ValueError("give either b (a fixed bound) or t (the bound b(t) of the schedule), not both")
+    if t is not None and not 0.0 <= float(t) <= 1.0:
+        raise ValueError(f"t is the fraction of the pruning phase elapsed and must lie in [0, 1], got {t!r}")
+    b0 = 1.01 * budget if b0 is None else _positive("b0", b0)
+    if b is None:
+        b = float(budget_bound(0.0 if t is None else float(t), b0, budget, d))
+        if not b > a:
+            raise ValueError(f"the bound b(t) = {b:g} does not exceed a = {a:g}: raise b0 above a "
+                             f"(the package uses b0 = 1.01·V0) or the margin")
+    else:
+        b = float(b)
+        if not np.isfinite(b) or not b > a:
+            raise ValueError(f"b must exceed a = {a:g}, got b = {b!r}: raise b, or lower a (a larger margin)")
+    if not cap > 0:
+        raise ValueError(f"cap must be > 0 (it stands for the paper's +∞), got {cap!r}")
+    lo = max(0.0, a - 0.25 * (b - a))
+    hi = b + 0.25 * (b - a) if v_max is None else float(v_max)
+    if not hi > a:
+        raise ValueError(f"v_max must exceed a = {a:g} to show the barrier, got {v_max!r}")
+    if mark is not None:
+        mark = float(mark)
+        lo, hi = min(lo, max(0.0, mark - 0.05 * (hi - lo))), max(hi, mark + 0.05 * (hi - lo))
+    ax = _axes(ax)
+
+    # Dense near both ends of (a, b): f ~ x² at the onset, ~ 1/(1 − x) at the bound (down to the cap).
+    tail = max(0.1 / cap, 1e-13)
+    x = np.concatenate([np.geomspace(1e-4, 0.5, 200), 1.0 - np.geomspace(0.5, min(tail, 0.5), 300)[1:]])
+    v = np.unique(np.concatenate([np.linspace(lo, hi, 801), a + x * (b - a)]))
+    v = v[(v >= lo) & (v <= hi)]
+    f = barrier(v, a, b, cap)
+    keep = f > 0 if log else np.ones_like(f, dtype=bool)
+    ax.plot(v[keep] / budget, f[keep], color="tab:blue", label="f(V; a, b)")
+    ax.axvspan(lo / budget, a / budget, color="tab:green", alpha=0.15, label="V ≤ a: sparsity loss off (f = 0)")
+    if hi > b:
+        ax.axvspan(b / budget, hi / budget, color="tab:red", alpha=0.15,
+                   label=f"V ≥ b: capped (f = {cap:.0e}, the paper's +∞)")
+    ax.axvline(a / budget, color="tab:green", linestyle="--", label=f"a = {a / budget:.4g} B (onset)")
+    b_label = (f"b = {b / budget:.4g} B (bound)" if t is None
+               else f"b = b(t = {float(t):g}) = {b / budget:.4g} B (b₀ = {b0 / budget:.4g} B, d = {d:g})")
+    ax.axvline(b / budget, color="tab:red", linestyle="--", label=b_label)
+    if mark is not None:
+        fm = float(barrier(mark, a, b, cap))
+        ax.axvline(mark / budget, color="0.4", linestyle=":", linewidth=1)
+        text = f"f({mark / budget:.4g} B) = {fm:.3g}"
+        if fm > 0 or not log:
+            ax.plot([mark / budget], [fm], "o", color="k")
+            ax.annotate(text, (mark / budget, fm), xytext=(6, -14), textcoords="offset points")
+        else:  # f = 0 has no place on a log axis: write it at the bottom
+            ax.annotate(text, (mark / budget, 0.03), xycoords=("data", "axes fraction"), xytext=(4, 0),
+                        textcoords="offset points")
+    if log:
+        ax.set_yscale("log")
+        ax.set_ylim(top=10 * cap)
+    else:
+        ax.set_ylim(0.0, 1.1 * 0.95 ** 2 / 0.05)  # up to f(x = 0.95); the cap is off the top
+    ax.set_xlim(lo / budget, hi / budget)
+    ax.set_xlabel("V / B, activation volume in units of the budget B")
+    ax.set_ylabel("f(V; a, b), multiplier of λ·L_HC (unitless)" + (", log scale" if log else ""))
+    ax.legend(loc="upper left", fontsize=8)
+    return title_with_scale(ax, "BAR budget barrier f(V; a, b) = (V − a)² / ((b − a)(b − V))", scale)
+
+
 _SECTION_COLORS = ("tab:blue", "tab:green", "tab:purple", "tab:orange", "tab:red")
 
 
@@ -104,8 +207,8 @@ def plot_active_neurons(sections, ax=None, *, scale, value="alive", colors=None)
     Args:
         sections: ``{label: section_totals DataFrame}``, e.g. ``{"full": ..., "2x": ..., "16x": ...}``,
             in legend order (from :func:`prunelab.analysis.bar.section_totals`).
-        value: ``"alive"`` (alive feature maps, the supplement's "active neurons") or ``"alive_volume"``
-            (alive feature maps × H·W).
+        value: ``"alive_volume"`` (alive feature maps × H·W: activation values, BAR's "neurons", whose
+            sum is V) or ``"alive"`` (alive feature maps).
         colors: one colour per label; the default makes the 4th and 5th labels (8x, 16x) orange and
             red, as in the supplement's caption.
 
@@ -132,10 +235,11 @@ def plot_active_neurons(sections, ax=None, *, scale, value="alive", colors=None)
     ax.set_xticks(range(len(order)))
     ax.set_xticklabels(order, rotation=60, ha="right")
     ax.set_xlabel("network section")
-    ax.set_ylabel("active neurons (alive feature maps)" if value == "alive"
-                  else "active volume (alive feature maps × H·W)")
+    ax.set_ylabel("alive feature maps" if value == "alive"
+                  else "active neurons (activation values: alive maps × H·W)")
     ax.legend()
-    return title_with_scale(ax, "Active neurons per section", scale)
+    return title_with_scale(ax, "Alive feature maps per section" if value == "alive"
+                            else "Active neurons per section", scale)
 
 
 def _method_colors(*frames):
@@ -191,11 +295,18 @@ def _mean_std(df):
     g = df.groupby("v_factor")["accuracy"]
     out = g.mean().to_frame("accuracy")
     out["std"] = g.std(ddof=1).fillna(0.0)  # one run: no spread to show
+    out["n"] = g.size()
     return out.reset_index()
 
 
+def _n_label(n) -> str:
+    n = sorted({int(v) for v in n})
+    return f"n = {n[0]}" if len(n) == 1 else f"n = {n[0]}–{n[-1]} per point"
+
+
 def plot_sensitivity(df, published=None, ax=None, *, scale):
-    """Mean ± std of test accuracy (%) per V-factor over hyper-parameter draws (supp §8 Fig. 2).
+    """Mean ± std of test accuracy (%) per V-factor over hyper-parameter draws (supp §8 Fig. 2); the
+    legend states the number of runs n behind each mean (and says "single runs" when there is one).
 
     Args:
         df: one row per run (columns v_factor, accuracy as a fraction) — aggregated here with the
@@ -207,12 +318,19 @@ def plot_sensitivity(df, published=None, ax=None, *, scale):
     _single_dataset(published, "published")
     ax = _axes(ax)
     ours = _mean_std(df)
-    ax.errorbar(ours["v_factor"], 100 * ours["accuracy"], yerr=100 * ours["std"], marker="o", capsize=4,
-                label="mean ± std")
+    if "n" in ours.columns and ours["n"].max() < 2:
+        label, yerr = "single runs (no spread)", None
+    elif "n" in ours.columns:
+        # points with a single run carry no error bar; the legend says how many runs each mean has
+        label, yerr = f"mean ± std ({_n_label(ours['n'])})", 100 * ours["std"]
+    else:
+        label, yerr = "mean ± std", 100 * ours["std"]
+    ax.errorbar(ours["v_factor"], 100 * ours["accuracy"], yerr=yerr, marker="o", capsize=4, label=label)
     if published is not None:
         pub = _mean_std(published)
         bars = ax.errorbar(pub["v_factor"], 100 * pub["accuracy"], yerr=100 * pub["std"], marker="s",
-                           markerfacecolor="none", linestyle="--", capsize=4, label="published mean ± std")
+                           markerfacecolor="none", linestyle="--", capsize=4,
+                           label="published mean ± std (n = 10)")
         for line in bars[2]:
             line.set_linestyle("--")
     ax.set_xscale("log", base=2)

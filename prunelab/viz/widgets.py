@@ -138,6 +138,71 @@ class TransitionExplorer(_FigureWidget):
                f"T(0.5) = {float(transition(0.5, self.d.value)):.4f}, T(0.75) = {float(transition(0.75, self.d.value)):.4f}"
 
 
+class BarrierExplorer(_FigureWidget):
+    """BAR's budget barrier f(V; a, b), the multiplier of λ·L_HC (docs/decisions.md §4.5, §4.6; B1, B2).
+
+    Sliders for the onset a = B·(1 − margin), the bound (a fixed b / B, or the schedule
+    b(t) = (1 − T(t, d))·b₀ + T(t, d)·B with sliders for t, d and b₀ / B) and a volume V / B at which
+    the multiplier is read off (marked on the figure and written in the label). Everything is in units
+    of the budget B (B = 1). The last figure's Axes is kept in ``ax`` and the value in ``value``.
+    """
+
+    figsize = (7.5, 4.2)
+
+    def __init__(self, margin: float = 1e-4, b: float = 1.5, v: float = 1.25, *, t: float | None = None,
+                 d: float = 10.0, b0: float = 2.02, log: bool = True):
+        self.margin = W.FloatLogSlider(value=margin, base=10, min=-5, max=-0.5, step=0.1, description="margin",
+                                       readout_format=".1e", continuous_update=False)
+        self.mode = W.ToggleButtons(options=[("fixed b", "b"), ("schedule b(t)", "t")],
+                                    value="b" if t is None else "t", description="bound")
+        self.log = W.Checkbox(value=log, description="log y axis")
+        self.b = W.FloatSlider(value=b, min=1.0, max=4.0, step=0.01, description="b / B", readout_format=".3f",
+                               continuous_update=False)
+        self.t = W.FloatSlider(value=0.0 if t is None else t, min=0.0, max=1.0, step=0.01, description="t",
+                               continuous_update=False)
+        self.d = W.FloatLogSlider(value=d, base=10, min=-2, max=2, step=0.05, description="d",
+                                  continuous_update=False)
+        self.b0 = W.FloatSlider(value=b0, min=1.0, max=17.0, step=0.01, description="b₀ / B", readout_format=".2f",
+                                continuous_update=False)
+        self.v = W.FloatSlider(value=v, min=0.0, max=4.0, step=0.001, description="V / B", readout_format=".3f",
+                               continuous_update=False)
+        self.ax, self.value = None, None
+        super().__init__([self.margin, self.mode, self.log, self.b, self.t, self.d, self.b0, self.v])
+        self.widget.children = (W.HBox([self.margin, self.mode, self.log]), W.HBox([self.b, self.t, self.d, self.b0]),
+                                W.HBox([self.v]), self.out, self.label)
+        self.update()
+
+    def bound(self) -> float:
+        """The bound b / B the figure uses: the slider, or b(t) of the schedule."""
+        from ..methods.bar import budget_bound
+
+        if self.mode.value == "b":
+            return float(self.b.value)
+        return float(budget_bound(self.t.value, self.b0.value, 1.0, self.d.value))
+
+    def draw(self, ax):
+        from ..methods.bar import barrier, barrier_onset
+        from .bar import plot_barrier
+
+        schedule = self.mode.value == "t"
+        self.b.disabled = schedule
+        self.t.disabled = self.d.disabled = self.b0.disabled = not schedule
+        self.ax = ax
+        kw = dict(t=self.t.value, d=self.d.value, b0=self.b0.value) if schedule else dict(b=self.b.value)
+        try:
+            plot_barrier(1.0, margin=self.margin.value, mark=self.v.value, log=self.log.value, ax=ax, **kw)
+        except ValueError as err:
+            self.value = None
+            return f"cannot draw: {err}"
+        a, b = float(barrier_onset(1.0, self.margin.value)), self.bound()
+        self.value = float(barrier(self.v.value, a, b))
+        where = ("V ≤ a: sparsity loss off" if self.v.value <= a else "V ≥ b: over the bound, capped"
+                 if self.v.value >= b else f"x = (V − a)/(b − a) = {(self.v.value - a) / (b - a):.4f}")
+        bound = f"b(t = {self.t.value:g}) = {b:.4f} B" if schedule else f"b = {b:.4f} B"
+        return (f"a = {a:.5g} B, {bound}: f(V = {self.v.value:.3f} B) = {self.value:.4g} ({where}); "
+                f"the sparsity loss enters as λ·{self.value:.4g}·L_HC")
+
+
 class ActiveNeuronsExplorer(_FigureWidget):
     """Pick a pruning factor: active neurons per section of that network next to the full network."""
 

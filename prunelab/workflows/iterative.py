@@ -30,7 +30,7 @@ Shrink = Callable[[Structure, object, "object", np.random.Generator], Structure]
 
 
 def iterative_prune(cfg: Config, out, *, init_from, steps: int, shrink: Shrink, stage: str = "step",
-                    stage_names=None, seed: int = 0, collect: bool = False, say=print) -> list[dict]:
+                    stage_names=None, seed: int = 0, collect: bool = False, hooks=(), say=print) -> list[dict]:
     """Run (or continue) ``steps`` rounds of ``shrink`` + retraining with ``cfg``'s schedule.
 
     Args:
@@ -43,6 +43,8 @@ def iterative_prune(cfg: Config, out, *, init_from, steps: int, shrink: Shrink, 
         stage: prefix of each step's stage name in the metrics log (``<stage><k>``), unless
             ``stage_names`` gives one name per step.
         collect: stop at the first unfinished step instead of training it.
+        hooks: trainer hooks added to every retraining (e.g. a
+            :class:`~prunelab.train.distill.Distillation` from a teacher, as BAR's own fine-tuning uses).
 
     Returns one record per finished step: ``step``, ``structure``, ``accuracy``,
     ``accuracy_before_finetune``, ``metrics``.
@@ -70,7 +72,7 @@ def iterative_prune(cfg: Config, out, *, init_from, steps: int, shrink: Shrink, 
             before = evaluate(pruned.to(device), ev["test"])["acc"]
             with RunDir(d, resume=True) as run:
                 Trainer(pruned, tl, ev, train_cfg=cfg.train, optim_cfg=cfg.optim, schedule_cfg=cfg.schedule, run=run,
-                        device=device, stage=names[step - 1]).fit(resume=run.resumed)
+                        hooks=list(hooks), device=device, stage=names[step - 1]).fit(resume=run.resumed)
                 save_compact(pruned, structure, d / "compact")
                 acc = evaluate(pruned, ev["test"])["acc"]
                 write_json(d / "result.json", {"final_test_acc": acc, "pruned_test_acc_before_finetune": before})

@@ -85,7 +85,9 @@ def run_pipeline(cfg: Config, out=None, *, resume: bool = False, force: bool = F
         dense, pr = r["dense_cost"]["mixed"]["macs"], r["final_cost"]["mixed"]["macs"]
         mean = " (mean over test images)" if result.kind == "dynamic" else ""
         r["summary"] = (f"{cfg.name} ({cfg.scale}, {method.name}): {pr / 1e6:.2f}/{dense / 1e6:.2f} M MACs{mean} "
-                        f"({100 * pr / dense:.1f}%), test accuracy dense {100 * r['dense_test_acc']:.2f}% -> pruned "
+                        f"({100 * pr / dense:.1f}%), test accuracy dense {100 * r['dense_test_acc']:.2f}% -> "
+                        + (f"learned {100 * r['learned_test_acc']:.2f}% -> " if "learned_test_acc" in r else "")
+                        + f"pruned "
                         f"{100 * r['pruned_test_acc_before_finetune']:.2f}% -> "
                         + (f"extracted {100 * r['extracted_test_acc']:.2f}% -> " if "extracted_test_acc" in r else "")
                         + f"fine-tuned {100 * r['final_test_acc']:.2f}%")

@@ -203,9 +203,14 @@ def _cost_record(result: PrunedResult, loader) -> dict:
 
 def prune(ctx: StageContext) -> PrunedResult:
     """The method's pruned result (its ``finalize``), saved to ``pruned/`` (the plan and the weights
-    before fine-tuning; a static result also writes ``structure.json``). Logs the accuracy after hard
-    pruning."""
+    before fine-tuning; a static result also writes ``structure.json``). Logs the accuracy of the learned
+    network (a method that learns) and after hard pruning."""
     method, run, log = ctx.method, ctx.run, ctx.log
+    if method.learns and stage_config(ctx.cfg, "learn") is not None:
+        # the learned (gated, eval-mode) network before anything is removed: a hard prune that loses
+        # what the learning stage found shows as the gap to pruned_test_acc_before_finetune
+        ctx.record["learned_test_acc"] = ctx.test_acc(ctx.model)
+        ctx.say(f"learned network (gates in eval mode): test accuracy {100 * ctx.record['learned_test_acc']:.2f}%")
     if log.done("prune") and run.file("pruned").joinpath("plan.json").exists():
         result = load_result(run.file("pruned"), map_location=ctx.device)
     elif log.done("prune"):  # a run directory written before pruned/ existed: the structure is the record
