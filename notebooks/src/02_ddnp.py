@@ -27,8 +27,8 @@
 #
 # **Scale.** `cpu`: ResNet-20 from the 30-epoch checkpoint (`prunelab train resnet20 --set train.epochs=30`),
 # p = 0.5, searches of 40 epochs on 2,500 training images with the backbone frozen (generator learning
-# rate 3e-3), 2 fine-tuning epochs where a panel needs accuracy after fine-tuning, 3 seeds for the full
-# method and the λ and ρ sweeps, 2 for the variants, the inputs and the comparison, 1 for the output functions.
+# rate 3e-3), 2 fine-tuning epochs where a panel needs accuracy after fine-tuning, 3 seeds for every
+# setting and for the comparison, 1 for the output functions.
 # The paper: ResNet-56, p = 0.48, 200 search and 205 fine-tuning epochs. Cached results come from
 # `prunelab experiment ddnp --scale cpu`; `ci` computes a tiny version on the spot (mechanics only: its
 # numbers mean nothing).
@@ -266,7 +266,7 @@ with pd.option_context("display.max_colwidth", 400):
 # collapse far below it: the alignment term is what makes the extracted widths match the soft ones. Fix S
 # and Fix k are far worse than the full method before fine-tuning; after the short fine-tuning Fix k
 # stays behind, while Fix S closes the gap to within the seed spread, so that claim is marked as a tie
-# (an expected failure in the tests, with its numbers). With n = 2 or 3 seeds every spread is a rough one.
+# (an expected failure in the tests, with its numbers). With n = 3 seeds every spread is a rough one.
 # In the equal-budget table, DDNP lands level with `l1` after 2 fine-tuning epochs and ahead of PFS; the
 # paper's comparison uses 205 fine-tuning epochs, which this protocol does not attempt.
 
