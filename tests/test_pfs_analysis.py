@@ -191,3 +191,18 @@ def test_density_claims_can_fail():
     steep = [{"density": d, "acc": a} for d, a in ((0.3, 0.60), (0.5, 0.70), (0.7, 0.71))]
     c = density_claims(steep)
     assert not c[0]["holds"] and c[0]["spread"] == pytest.approx(0.11) and c[1]["holds"] is True
+
+
+def test_pruning_ratio_claims_can_hold_and_fail():
+    from prunelab.analysis.structures import pruning_ratio_claims
+
+    graceful = [{"ratio": r, "acc": a} for r, a in ((0.3, 0.80), (0.3, 0.82), (0.5, 0.79), (0.5, 0.80),
+                                                     (0.7, 0.76), (0.7, 0.78))]
+    c = pruning_ratio_claims(graceful, full_acc=0.83)
+    assert [x["holds"] for x in c] == [True, True]
+    assert c[0]["per_ratio"][0.7] == pytest.approx((0.77, np.std([0.76, 0.78], ddof=1), 2))
+    collapse = [{"ratio": 0.3, "acc": 0.80}, {"ratio": 0.7, "acc": 0.50}]
+    assert [x["holds"] for x in pruning_ratio_claims(collapse, full_acc=0.83)] == [True, False]
+    rising = [{"ratio": 0.3, "acc": 0.70}, {"ratio": 0.7, "acc": 0.75}]
+    assert pruning_ratio_claims(rising)[0]["holds"] is False and len(pruning_ratio_claims(rising)) == 1
+    assert pruning_ratio_claims(rising[:1]) == []

@@ -278,6 +278,36 @@ def density_claims(rows) -> list[dict]:
              bool(means[smallest] == min(means.values()))}]
 
 
+def _by(rows, key):
+    by: dict = {}
+    for r in rows:
+        by.setdefault(float(r[key]), []).append(float(r["acc"]))
+    return {k: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, len(v)) for k, v in sorted(by.items())}
+
+
+def pruning_ratio_claims(rows, full_acc=None, keep_of_full: float = 0.9) -> list[dict]:
+    """Supplement Fig. S4 ("accuracy degrades gracefully as R* grows, with no collapse") on the
+    pruning-ratio sweep's runs (``{"ratio", "acc", ...}`` rows, each trained from scratch on the same
+    schedule as the full model whose mean accuracy is ``full_acc``):
+
+    1. the mean accuracy falls as R* grows: the largest R*'s mean is below the smallest's;
+    2. no collapse: the largest R*'s mean accuracy is at least ``keep_of_full`` (0.9) of the full
+       model's (the threshold is ours: the supplement gives no number).
+
+    Each entry carries the per-R* means, sample stds and run counts it was decided on."""
+    by = _by(rows, "ratio")
+    if len(by) < 2:
+        return []
+    lo, hi = min(by), max(by)
+    out = [{"claim": "mean accuracy falls as the pruning ratio R* grows (largest vs smallest R*)",
+            "per_ratio": by, "holds": bool(by[hi][0] < by[lo][0])}]
+    if full_acc is not None:
+        out.append({"claim": f"no collapse: at the largest R* the mean accuracy keeps >= {keep_of_full:g} of the full model's",
+                    "per_ratio": by, "full_acc": float(full_acc), "ratio_of_full": by[hi][0] / float(full_acc),
+                    "holds": bool(by[hi][0] >= keep_of_full * float(full_acc))})
+    return out
+
+
 # -- any structure: per-layer costs and the likeness of two structures (the explorer notebook) -----
 
 
