@@ -161,6 +161,13 @@ if len(sw):
     display(sw.assign(acc=(100 * sw.acc).round(2), MMACs=(sw.macs / 1e6).round(2)).drop(columns=["macs"]))
 for r in S["sweeps"]["expansion"]:
     assert abs(r["macs"] - 0.5 * 40.55e6) / (0.5 * 40.55e6) < 0.05  # budget relative to the unexpanded net
+# Fig. S4's claim ("accuracy degrades gracefully as R* grows, with no collapse"), from the runs above
+from prunelab.analysis.structures import pruning_ratio_claims
+
+for c in pruning_ratio_claims(S["sweeps"]["pruning_ratio"], full_acc=S.get("full_acc")):
+    per = ", ".join(f"R* {k:g}: {100 * m:.2f} ± {100 * sd:.2f} % (n = {n})" for k, (m, sd, n) in c["per_ratio"].items())
+    print(f"[{'holds' if c['holds'] else 'does NOT hold'}] {c['claim']}: {per}"
+          + (f"; full model {100 * c['full_acc']:.2f} %" if "full_acc" in c else ""))
 
 # %% [markdown]
 # ## Fig. S5: accuracy vs the density target r at 50 % MACs
