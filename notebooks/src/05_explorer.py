@@ -80,7 +80,7 @@ from prunelab.viz.explorer import plot_cost_shares, plot_widths_vs_full
 from prunelab.viz.style import save_figure
 
 pair = [entries[first]] + ([entries[second]] if second and entries[second].model == entries[first].model else [])
-pspec = explorer._spec(pair[0])
+pspec = explorer.spec_of(pair[0])
 names = [n for n in pspec.names if any(n in e.widths for e in pair)]
 fig, axes = plt.subplots(1, 2, figsize=(14, 3.8))
 plot_widths_vs_full({n: pspec.tensor(n).channels for n in names}, {e.key: e.widths for e in pair}, ax=axes[0],

@@ -504,7 +504,8 @@ class RunExplorer:
         self.update()
 
     # -- data ----------------------------------------------------------------------------------------
-    def _spec(self, entry):
+    def spec_of(self, entry):
+        """The :class:`~prunelab.models.spec.ModelSpec` of an entry's model (built once per model and kwargs)."""
         from .. import models
 
         key = (entry.model, tuple(sorted(entry.model_kwargs.items())))
@@ -529,7 +530,7 @@ class RunExplorer:
 
         entries = self.chosen()
         a = entries[0]
-        spec = self._spec(a)
+        spec = self.spec_of(a)
         dynamic = a.per_instance is not None
         self.instance.disabled = not dynamic
         if dynamic:
@@ -551,7 +552,7 @@ class RunExplorer:
                                     title="Channels kept per gated tensor" + (" (dynamic: mean over test images)"
                                                                              if dynamic else ""))
             else:
-                rows = {e.key: [r for r in layer_costs(self._spec(e), e.widths) if r["name"] in names] for e in entries
+                rows = {e.key: [r for r in layer_costs(self.spec_of(e), e.widths) if r["name"] in names] for e in entries
                         if e.model == a.model}
                 plot_cost_shares(rows, ax=ax, which="macs_share" if view == "MACs share" else "volume_share",
                                  scale=a.scale or self.scale)
@@ -570,7 +571,7 @@ class RunExplorer:
     def _describe(self, e) -> str:
         from ..counting import count
 
-        spec = self._spec(e)
+        spec = self.spec_of(e)
         c = count(spec, widths={n: int(round(w)) for n, w in e.widths.items()}) if e.per_instance is None else None
         if e.per_instance is not None:
             macs = float(self._instance_macs(e).mean())
@@ -584,7 +585,7 @@ class RunExplorer:
         from ..analysis.manidp import per_instance_macs
 
         if "per_instance_macs" not in e.extra:  # counted once per entry
-            e.extra["per_instance_macs"] = per_instance_macs(self._spec(e), e.per_instance["kept"],
+            e.extra["per_instance_macs"] = per_instance_macs(self.spec_of(e), e.per_instance["kept"],
                                                              e.per_instance["layers"])
         return e.extra["per_instance_macs"]
 
@@ -592,7 +593,7 @@ class RunExplorer:
         from .manidp import CLASSES, plot_kept_channels, to_image
 
         per = e.per_instance
-        spec = self._spec(e)
+        spec = self.spec_of(e)
         macs = self._instance_macs(e)
         order = np.lexsort((np.arange(len(macs)), macs))
         i = int(order[self.instance.value])
