@@ -345,3 +345,13 @@ def test_paper_and_cpu_configs_resolve_to_the_protocols():
     assert ft.train.label_smoothing == 0 and ft.data.holdout == 0 and ft.data.augment
     cpu = load_config("resnet20_ddnp", "cpu")
     assert methods.from_config(cpu.method).target() == 0.5 and stage_config(cpu, "learn").train.epochs == 40
+
+
+def test_sweep_settings_orders_values_and_places_the_full_method():
+    from prunelab.analysis.ddnp import sweep_settings
+
+    run = {"setting": None, "seed": 0}
+    study = {"settings": {"full": {}, "lambda=0.05": {}, "lambda=0.5": {}, "rho=0": {}, "lambda=8": {}},
+             "runs": {k: {**run, "setting": k} for k in ("full", "lambda=0.05", "lambda=0.5", "rho=0")}}
+    assert sweep_settings(study, "lambda", 4.0) == [(0.05, "lambda=0.05"), (0.5, "lambda=0.5"), (4.0, "full")]
+    assert sweep_settings(study, "rho", 1.0) == [(0.0, "rho=0"), (1.0, "full")]  # lambda=8 has no runs: left out

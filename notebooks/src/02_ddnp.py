@@ -106,14 +106,14 @@ print(f"starting widths k = σ(k̄ + 3): mean {float(ctrl.k().detach().mean()):.
 # `reg_w` is λ/2, D5).
 
 # %%
-lam_settings = sorted(((4.0, "full"),) + tuple((float(n.split("=")[1]), n) for n in S["settings"]
-                                               if n.startswith("lambda=") and ad.runs_of(S, n)))
+lam_settings = ad.sweep_settings(S, "lambda", full_value=4.0)  # the full method runs at λ = 4
+resource = {lam: ad.resource_curves(ad.runs_of(S, n)) for lam, n in lam_settings}
 fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
 vd.plot_search_curves({f"λ = {lam:g}": ad.curve(ad.runs_of(S, n), "test_acc") for lam, n in lam_settings}, ax=axes[0],
                       ylabel="test accuracy (%)", title="(a) masked network during the search", scale=SCALE, percent=True)
-vd.plot_search_curves({f"λ = {lam:g}": ad.resource_curves(ad.runs_of(S, n))["|log(R_hard/p)|"] for lam, n in lam_settings},
+vd.plot_search_curves({f"λ = {lam:g}": resource[lam]["|log(R_hard/p)|"] for lam, _ in lam_settings},
                       ax=axes[1], ylabel="|log(R/p)| (eval widths)", title="(b) normalised resource loss", scale=SCALE)
-vd.plot_search_curves({f"λ = {lam:g}": ad.resource_curves(ad.runs_of(S, n))["R_hard/p"] for lam, n in lam_settings},
+vd.plot_search_curves({f"λ = {lam:g}": resource[lam]["R_hard/p"] for lam, _ in lam_settings},
                       ax=axes[2], ylabel="R / p (eval widths)", title="(b') the same as a ratio", scale=SCALE,
                       target=1.0, target_label="R = p")
 fig.tight_layout()
@@ -130,8 +130,7 @@ pd.DataFrame([{"λ": lam, "final R (mean)": round(ad.spread([r["R_hard"] for r i
 # Each dot is a seed; the error bars are mean ± std. Fine-tuned where the study fine-tunes (ρ = 0 and 1).
 
 # %%
-rho_settings = sorted(((1.0, "full"),) + tuple((float(n.split("=")[1]), n) for n in S["settings"]
-                                               if n.startswith("rho=") and ad.runs_of(S, n)))
+rho_settings = ad.sweep_settings(S, "rho", full_value=1.0)  # the full method runs at ρ = 1
 points = {"extracted, before fine-tuning": {rho: [r["extracted_test_acc"] for r in ad.runs_of(S, n)] for rho, n in rho_settings},
           "after fine-tuning": {rho: [r["finetuned_test_acc"] for r in ad.runs_of(S, n)] for rho, n in rho_settings
                                 if any(r["finetuned_test_acc"] is not None for r in ad.runs_of(S, n))}}

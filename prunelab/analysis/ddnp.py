@@ -17,6 +17,16 @@ def runs_of(study: dict, setting: str) -> list[dict]:
     return sorted((r for r in study["runs"].values() if r["setting"] == setting), key=lambda r: r["seed"])
 
 
+def sweep_settings(study: dict, parameter: str, full_value: float) -> list[tuple[float, str]]:
+    """The settings of a one-parameter sweep (``"lambda"`` or ``"rho"``) that have finished runs, as
+    ``(value, setting name)`` pairs sorted by value: every ``"<parameter>=<v>"`` setting and the full
+    method, which is the sweep's point at ``full_value`` (its configured value)."""
+    prefix = f"{parameter}="
+    out = [(float(full_value), "full")] if runs_of(study, "full") else []
+    out += [(float(n[len(prefix):]), n) for n in study["settings"] if n.startswith(prefix) and runs_of(study, n)]
+    return sorted(out)
+
+
 def curve(runs: list[dict], key: str, transform=None):
     """``(epochs, values)``: ``values[i, j]`` is ``key`` of run i at the j-th epoch where every run logged
     it (e.g. the test accuracy, measured every few epochs). ``transform(value, run)`` maps each value."""
