@@ -98,3 +98,33 @@ def test_select_closes_weakest_gates_until_the_budget_holds():
     _, rep = method.select(gated, spec, budget)
     assert not rep.budget_met and not rep.extra["trimmed_channels"]
     assert np.isclose(rep.extra["end_of_phase_factor"], 1.0)
+
+
+def test_trained_bar_network_loses_only_the_removed_maps_in_the_pipeline(tmp_path):
+    """End to end: a short BAR pruning phase (ci data), whose gates stay open and partly below 1, then
+    the pipeline's hard prune (with maps closed to meet the budget, B20). The saved pruned network equals
+    the learned gated network with exactly the removed maps closed."""
+    from prunelab.config import load_config
+    from prunelab.pruning.result import load_result
+    from prunelab.pruning.structure import Structure
+    from prunelab.workflows import run_pipeline
+
+    cfg = load_config("bar_wrn_bar", "ci", ["train.progress=false", "budget.factor=2", "method.lambda=1e-3",
+                                           "method.gate_lr=0.05", "stages.finetune.enabled=false"])
+    res = run_pipeline(cfg, tmp_path / "b", quiet=True)
+    rep = res["budget_report"]
+    assert rep["budget_met"] and rep["trimmed_channels"], rep  # the phase ended over budget here
+    method = methods.from_config(cfg.method)
+    gated = method.attach(models.create(cfg.model.name, **cfg.model.kwargs))
+    gated.load_state_dict(torch.load(tmp_path / "b" / "learn.pt", weights_only=True)["state_dict"])
+    gated.eval()
+    zhat = torch.cat([g.values().detach() for _, g in gated.items()])
+    assert ((zhat > 0.05) & (zhat < 0.95)).float().mean() > 0.2  # many kept maps are scaled, not 0/1
+    structure = Structure.load(tmp_path / "b" / "structure.json")
+    pruned = load_result(tmp_path / "b" / "pruned").module.eval()
+    x = torch.randn(16, 3, 32, 32)
+    with torch.no_grad():
+        out, explained = pruned(x), _removed_maps_closed(gated, structure)(x)
+    assert torch.allclose(out, explained, atol=1e-4, rtol=1e-4), (out - explained).abs().max()
+    # the learned accuracy is logged next to the hard-pruned one
+    assert 0 <= res["learned_test_acc"] <= 1 and 0 <= res["pruned_test_acc_before_finetune"] <= 1
