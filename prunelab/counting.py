@@ -200,18 +200,22 @@ class _Widths:
                 m = self.masks.get(n)
                 acc |= np.ones(c, dtype=bool) if m is None else m
             val = int(acc.sum())
-        elif self.fmt.active:  # prefix widths: the union is the widest (or its smooth upper bound)
-            w = torch.stack(torch.broadcast_tensors(*[self.fmt.tensor(self.one(n)) for n in names]))
-            val = w.amax(0) if self.union_mode == "max" else self.tau * torch.logsumexp(w / self.tau, 0)
-        else:  # widths keep the first n channels of each tensor: the union is the widest
-            vals = [np.asarray(self.one(n)) for n in names]
-            if self.union_mode == "max":
-                val = functools.reduce(np.maximum, vals)
-            else:
-                w = np.stack(np.broadcast_arrays(*vals)).astype(np.float64) / self.tau
-                val = self.tau * np.logaddexp.reduce(w, axis=0)
+        else:
+            val = self._prefix_union([self.one(n) for n in names])
         self._cache[names] = val
         return val
+
+    def _prefix_union(self, widths):
+        """Union of prefix widths (each tensor keeps its first n channels): the widest, or its smooth
+        upper bound ``tau*logsumexp(w/tau)``; torch or numpy as the widths are."""
+        if self.fmt.active:
+            w = torch.stack(torch.broadcast_tensors(*[self.fmt.tensor(v) for v in widths]))
+            return w.amax(0) if self.union_mode == "max" else self.tau * torch.logsumexp(w / self.tau, 0)
+        vals = [np.asarray(v) for v in widths]
+        if self.union_mode == "max":
+            return functools.reduce(np.maximum, vals)
+        w = np.stack(np.broadcast_arrays(*vals)).astype(np.float64) / self.tau
+        return self.tau * np.logaddexp.reduce(w, axis=0)
 
     def survives(self, name: str):
         """Whether ``name``'s residual branch is kept: a ``delta`` whose own set or whose block's ``mid``
@@ -243,16 +247,9 @@ class _Widths:
                     acc |= np.ones(c, dtype=bool) if m is None else m
             val = int(acc.sum())
         elif self.fmt.active:
-            w = torch.stack(torch.broadcast_tensors(*[self.fmt.tensor(self.one(n)) * self.survives(n)
-                                                      for n in members]))
-            val = w.amax(0) if self.union_mode == "max" else self.tau * torch.logsumexp(w / self.tau, 0)
+            val = self._prefix_union([self.fmt.tensor(self.one(n)) * self.survives(n) for n in members])
         else:
-            vals = [np.asarray(self.one(n)) * self.survives(n) for n in members]
-            if self.union_mode == "max":
-                val = functools.reduce(np.maximum, vals)
-            else:
-                w = np.stack(np.broadcast_arrays(*vals)).astype(np.float64) / self.tau
-                val = self.tau * np.logaddexp.reduce(w, axis=0)
+            val = self._prefix_union([np.asarray(self.one(n)) * self.survives(n) for n in members])
         self._cache[key] = val
         return val
 
