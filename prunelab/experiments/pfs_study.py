@@ -156,7 +156,8 @@ def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, result
         if d is None:
             return None
         res = read_json(d / "result.json")
-        row = {"rate": rate, "ratio": ratio, "density": density, "run": run_i, "acc": res["final_test_acc"],
+        # the config keeps 1 - R* as computed (the finished runs were made with it); the row reads 0.3, not 0.30000000000000004
+        row = {"rate": rate, "ratio": ratio, "density": round(density, 9), "run": run_i, "acc": res["final_test_acc"],
                "macs": res["budget_report"]["achieved"], "reduction": 1 - res["budget_report"]["achieved_keep"],
                "gates_from": res["budget_report"].get("gates_from"),
                "widths": Structure.load(d / "structure.json").counts()}
@@ -177,7 +178,7 @@ def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, result
                 name = (f"sweep-rate{rate}-ratio{ratio}-run{run_i}" if default
                         else f"sweep-rate{rate}-ratio{ratio}-density{density}-run{run_i}")
                 row = sweep_run(rate, ratio, density, run_i, name,
-                                f"sweep rate {rate} ratio {ratio} density {density} run {run_i}")
+                                f"sweep rate {rate} ratio {ratio} density {density:g} run {run_i}")
                 if row is None:
                     continue
                 if rate == 1.0 and default and "sweeps" in parts:
