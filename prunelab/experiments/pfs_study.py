@@ -161,6 +161,10 @@ def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, result
                "macs": res["budget_report"]["achieved"], "reduction": 1 - res["budget_report"]["achieved_keep"],
                "gates_from": res["budget_report"].get("gates_from"),
                "widths": Structure.load(d / "structure.json").counts()}
+        # how far the gates got towards r decides what the sweep over r measures: record the density reached
+        learn = [m for m in read_metrics(d) if m.get("stage") == "learn"]
+        row["gate_epochs"] = len(learn)
+        row["final_density"] = learn[-1].get("gate_density") if learn else None
         runs.say(f"{label}: {100 * row['acc']:.2f}%")
         return row
 
