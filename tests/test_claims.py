@@ -118,38 +118,80 @@ def test_random_baseline_halves_volume_per_step(bar):
     assert all(r["f_factor"] > r["v_factor"] for r in rnd)  # F grows about as V^2
 
 
-# -- PFS (supplement 002, Fig. S1/S2) ------------------------------------------------------------------
+# -- PFS (supplement 002: Figs. S1, S3-S5) -----------------------------------------------------------
 
 def test_pfs_results_are_cpu_scale_real_data(pfs):
-    assert pfs["scale"] == "cpu" and pfs["model"] == "resnet20"
-    assert len(pfs["seeds"]) >= 3 and 0 in pfs["epochs"]
+    assert pfs["scale"] == "cpu" and pfs["model"] == "resnet20" and pfs["complete"]
+    assert len(pfs["seeds"]) >= 3 and pfs["epochs"] == [0, 1, 5, 10]
     assert len(pfs["structures"]) == len(pfs["seeds"]) * len(pfs["epochs"])
     for s in pfs["structures"]:  # every structure is the 50 % MACs pruning of the unexpanded ResNet-20
         # PFS keeps the longest prefix of the global gate ranking that fits (docs/decisions.md P3), so it may
         # undershoot by up to one channel's cost: 1.45 % of the budget for a stage-1 channel of ResNet-20
         assert 0.5 <= s["reduction"] < 0.5 + 0.0075, s
         assert all(1 <= w <= f for w, f in zip(s["widths"], pfs["full_widths"]))
-    # pre-training really trained: the last checkpoint is far above chance on the test set
-    last = str(max(pfs["epochs"]))
-    assert all(acc[last] > 0.6 for acc in pfs["pretrain_acc"].values())
+        # gates learned until the save rule holds or for the documented cap, and the structure says which
+        assert 1 <= s["gate_epochs"] <= pfs["settings"]["gate_epochs"] and s["gates_from"], s
+    # pre-training converged: the final checkpoint (10 one-cycle epochs) is a trained network, well above
+    # the early one
+    for seed, acc in pfs["pretrain_acc"].items():
+        assert acc["10"] > 0.8 and acc["1"] < acc["10"] - 0.1, (seed, acc)
 
 
-@pytest.mark.parametrize("kind", ["counts", "ratio"])
-def test_pfs_random_structures_unlike_pretrained_ones(pfs, kind):
-    c = claims(summarize(pfs, kind=kind))["1_random_unlike_pretrained"]
+PFS_CLAIMS = ("1_random_unlike_pretrained", "1b_random_unlike_every_pretrained", "2_random_more_diverse",
+              "3_near_beats_distant")
+# (claim, vectorisation): the numbers where a claim does not hold at cpu scale (3 seeds pooled, mean Pearson r).
+# On raw channel counts every structure inherits the 16/32/64 stage widths, which makes all of them correlate;
+# on keep ratios (width-free) claims 1, 1b and 2 hold, and 3 does not: the structures of pretrained
+# checkpoints come from gates that stayed near 1 (density 0.90-1.00 after the 4-epoch cap, save rule never met)
+PFS_XFAIL = {
+    ("1_random_unlike_pretrained", "counts"):
+        "cpu scale, counts: r(random, pretrained; same seed) 0.671 >= r(neighbouring checkpoints) 0.664",
+    ("1b_random_unlike_every_pretrained", "counts"):
+        "cpu scale, counts: r(random, pretrained; same seed) 0.671 >= r(every pretrained pair; same seed) 0.598",
+    ("2_random_more_diverse", "counts"):
+        "cpu scale, counts: r(random, random) 0.664 >= r(pretrained, pretrained; across seeds) 0.636",
+    ("3_near_beats_distant", "ratio"):
+        "cpu scale, keep ratios: r(neighbouring checkpoints) 0.526 <= r(checkpoint 1 vs 10) 0.736",
+}
+
+
+@pytest.mark.parametrize("claim,kind", [
+    pytest.param(c, k, marks=pytest.mark.xfail(strict=True, reason=PFS_XFAIL[(c, k)])) if (c, k) in PFS_XFAIL
+    else (c, k) for c in PFS_CLAIMS for k in ("counts", "ratio")])
+def test_pfs_structure_claims(pfs, claim, kind):
+    """Claims (1), (1b), (2), (3) of Fig. S1 on all seeds pooled, under both vectorisations (P7)."""
+    c = claims(summarize(pfs, kind=kind))[claim]
     assert c["evaluated"] and c["holds"], c
 
 
-@pytest.mark.parametrize("kind", [
-    # On raw channel counts every structure inherits the 16/32/64 layer widths, which makes all of them
-    # correlate strongly (random vs random r = 0.863 > pretrained vs pretrained 0.620 at cpu scale): the
-    # claim does not hold on counts here. On keep ratios (width-free) it holds (0.083 < 0.788).
-    pytest.param("counts", marks=pytest.mark.xfail(strict=True, reason="cpu scale: r(random, random) = 0.863 "
-                                                   "> r(pretrained, pretrained) = 0.620 on raw counts")),
-    "ratio"])
-def test_pfs_random_structures_more_diverse_across_seeds(pfs, kind):
-    c = claims(summarize(pfs, kind=kind))["2_random_more_diverse"]
-    assert c["evaluated"] and c["holds"], c
+def test_pfs_density_sweep_is_fig_s5(pfs):
+    rows = pfs["sweeps"]["density"]
+    assert sorted({r["density"] for r in rows}) == [0.3, 0.5, 0.7, 0.9]
+    for d in (0.3, 0.5, 0.7, 0.9):
+        runs = [r for r in rows if r["density"] == d]
+        assert len(runs) == pfs["settings"]["runs"] >= 2 and len({r["run"] for r in runs}) == len(runs)
+        assert all(r["ratio"] == 0.5 and 0.5 <= r["reduction"] < 0.5075 for r in runs)
+
+
+PFS_SWEEP_XFAIL: dict = {}  # claim key -> the numbers where a sweep claim does not hold at cpu scale
+
+
+def _pfs_sweep_claims(pfs):
+    from prunelab.analysis.structures import density_claims, pruning_ratio_claims
+
+    out = {"s5_not_sensitive": density_claims(pfs["sweeps"]["density"])[0]}
+    out["s4_falls"], out["s4_no_collapse"] = pruning_ratio_claims(pfs["sweeps"]["pruning_ratio"],
+                                                                  full_acc=pfs["full_acc"])
+    return out
+
+
+@pytest.mark.parametrize("key", [
+    pytest.param(k, marks=pytest.mark.xfail(strict=True, reason=PFS_SWEEP_XFAIL[k])) if k in PFS_SWEEP_XFAIL else k
+    for k in ("s5_not_sensitive", "s4_falls", "s4_no_collapse")])
+def test_pfs_sweep_claims(pfs, key):
+    """Fig. S5: accuracy not very sensitive to r; Fig. S4: accuracy falls with R* without collapsing."""
+    c = _pfs_sweep_claims(pfs)[key]
+    assert c["holds"], c
 
 
 # -- ManiDP (supplement 000) ----------------------------------------------------------------------

@@ -302,7 +302,10 @@ def plot_accuracy_sweep(rows, x: str, full_acc: float | None = None, ax=None, xl
     ax.set_xticks(xs)
     ax.set_xlabel(xlabel or SWEEP_XLABELS.get(x, x))
     ax.set_ylabel("test accuracy (%)")
-    ax.legend()
+    # headroom above the data and the full-model line, so the legend covers neither
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(lo, hi + 0.3 * (hi - lo))
+    ax.legend(loc="upper right")
     return _set_title(ax, title or SWEEP_TITLES.get(x, f"Accuracy vs {x}"), scale)
 
 
