@@ -200,7 +200,9 @@ if dens:
 for c in density_claims(dens):
     means = ", ".join(f"r {k:g}: {100 * v:.2f} %" for k, v in c["means"].items())
     verdict = "reported" if c["holds"] is None else ("holds" if c["holds"] else "does NOT hold")
-    extra = f"; spread {100 * c['spread']:.2f} points, largest run std {100 * c['run_std_max']:.2f}" if "spread" in c else ""
+    extra = f"; spread {100 * c['spread']:.2f} points" if "spread" in c else ""
+    if c.get("run_std_max") is not None:  # None with one run per r (ci scale)
+        extra += f", largest run std {100 * c['run_std_max']:.2f}"
     print(f"[{verdict}] {c['claim']}: {means}{extra}")
 
 # %% [markdown]
