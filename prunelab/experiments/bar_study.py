@@ -35,7 +35,7 @@ from .. import models
 from ..analysis.bar import active_neurons, regular_vs_mixed
 from ..config import deep_merge, load_config
 from ..counting import count
-from ..errors import ConfigError
+from ..errors import ConfigError, RunDirBusyError
 from ..pruning.structure import Structure
 from ..runfiles import read_metrics
 from ..utils import read_json
@@ -230,7 +230,13 @@ def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, result
                 bar_run(pf)
     if "baselines" in parts:
         for kind, kd in SETTINGS[scale]["baselines"]:
-            baselines += _baseline(kind, kd, scale, runs, tdir / "model.pt")
+            try:
+                baselines += _baseline(kind, kd, scale, runs, tdir / "model.pt")
+            except RunDirBusyError:  # a chain of steps: another process of this study is on it, take the next one
+                label = f"{baseline_label(kind, kd)} baseline"
+                runs.missing.append(label)
+                runs.busy.append(label)
+                runs.say(f"{label}: being run by another process; skipped here")
     if "bar" in parts:
         for pf in PRUNING_FACTORS:
             d, cfg = bar_run(pf)
