@@ -22,10 +22,19 @@ The iterative baselines (supplement §3.2) start from the trained teacher and re
 gated tensor per step (the contributors of each residual trunk share one mask, L6), retraining after
 each step with BAR's fine-tuning optimiser, which gives V-factors 2, 4, 8, 16 and F ~ V^2. They run
 distilled from the teacher like BAR (the comparison) and without distillation (a second row).
+
+A session can end on a fresh machine with ``runs/`` gone; only the results file is committed. So each
+row records its sub-run (``subrun``) and config fingerprint (``config_sha256``), the results record the
+teacher's weights fingerprint, and a rerun retrains the teacher (deterministic: same weights) and then
+takes every sub-run it no longer has from the earlier results file when teacher, config and study code
+all match (:class:`EarlierRows`; listed under ``reused_subruns``). Interrupted studies are committed as
+``results/bar_<scale>.partial.json`` and continued that way.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from pathlib import Path
 
@@ -38,9 +47,10 @@ from ..counting import count
 from ..errors import ConfigError, RunDirBusyError
 from ..pruning.structure import Structure
 from ..runfiles import read_metrics
+from ..train.trainer import weights_fingerprint
 from ..utils import read_json
 from ..workflows import SubRuns, iterative_prune, run_pipeline, train
-from . import open_study, write_results
+from . import open_study, provenance, write_results
 
 PRUNING_FACTORS = (2, 4, 8, 16)
 # baselines: (shrink rule, distilled from the teacher like BAR); the undistilled rows are kept as a
@@ -151,6 +161,20 @@ def baseline_label(kind: str, kd: bool) -> str:
     return ("Random" if kind == "random" else "WM") + (" + KD" if kd else " (no KD)")
 
 
+def _baseline_config(scale: str, runs: SubRuns):
+    """The retraining config of an iterative baseline: BAR's fine-tuning optimiser (Adam 1e-3, x0.1 for
+    the last epoch), whatever recipe trained the teacher."""
+    epochs = SETTINGS[scale]["baseline_epochs"]
+    return load_config("bar_wrn_teacher", scale, overrides=deep_merge(runs.progress_override, {
+        "train": {"epochs": epochs}, "optim": {"name": "adam", "lr": 1.0e-3, "weight_decay": 5.0e-4},
+        "schedule": {"name": "multistep", "warmup": 0, "milestones": [max(1, epochs - 1)], "gamma": 0.1}}))
+
+
+def baseline_subrun(kind: str, kd: bool) -> str:
+    """Sub-run folder of an iterative baseline chain: ``random-kd``, ``random``, ``wm-kd``, ``wm``."""
+    return kind + ("-kd" if kd else "")
+
+
 def _baseline(kind: str, kd: bool, scale: str, runs: SubRuns, teacher_path: Path) -> list[dict]:
     """Iterative random / weight-magnitude pruning from the teacher (supplement §3.2); with ``kd`` every
     retraining distils from the teacher with BAR's T and alpha, as BAR's own phases do."""
@@ -158,19 +182,14 @@ def _baseline(kind: str, kd: bool, scale: str, runs: SubRuns, teacher_path: Path
     from ..train.distill import Distillation
     from ..train.trainer import load_weights
 
-    epochs = SETTINGS[scale]["baseline_epochs"]
-    # retrained with BAR's fine-tuning optimiser (Adam 1e-3, x0.1 for the last epoch), whatever recipe
-    # trained the teacher
-    cfg = load_config("bar_wrn_teacher", scale, overrides=deep_merge(runs.progress_override, {
-        "train": {"epochs": epochs}, "optim": {"name": "adam", "lr": 1.0e-3, "weight_decay": 5.0e-4},
-        "schedule": {"name": "multistep", "warmup": 0, "milestones": [max(1, epochs - 1)], "gamma": 0.1}}))
+    cfg = _baseline_config(scale, runs)
     hooks = []
     if kd:
         o = create("bar").options
         teacher = models.create(cfg.model.name, **cfg.model.kwargs)
         load_weights(teacher, teacher_path)
         hooks = [Distillation(teacher, o.kd_temperature, o.kd_alpha)]
-    name = kind + ("-kd" if kd else "")
+    name = baseline_subrun(kind, kd)
     steps = iterative_prune(cfg, runs.path(name), init_from=teacher_path, steps=len(PRUNING_FACTORS),
                             shrink=_shrink(kind), stage=name, collect=runs.collect, hooks=hooks,
                             stage_names=[f"{name}{pf}" for pf in PRUNING_FACTORS],
@@ -181,7 +200,8 @@ def _baseline(kind: str, kd: bool, scale: str, runs: SubRuns, teacher_path: Path
     rows = []
     for row, pf in zip(steps, PRUNING_FACTORS):
         c = count(spec, row["structure"])
-        rows.append({"method": baseline_label(kind, kd), "kind": kind, "kd": kd, "pf": pf,
+        rows.append({"method": baseline_label(kind, kd), "subrun": name,
+                     "config_sha256": config_fingerprint(cfg, shrink=kind, kd=kd), "kind": kind, "kd": kd, "pf": pf,
                      "v_factor": full.volume / c.volume,
                      "f_factor": full.macs / c.macs, "accuracy": row["accuracy"],
                      "accuracy_before_finetune": row["accuracy_before_finetune"],
@@ -190,6 +210,67 @@ def _baseline(kind: str, kd: bool, scale: str, runs: SubRuns, teacher_path: Path
         runs.say(f"{name} PF {pf}: V x{rows[-1]['v_factor']:.2f}, F x{rows[-1]['f_factor']:.1f}, "
                  f"accuracy {100 * rows[-1]['accuracy']:.2f}%")
     return rows
+
+
+def config_fingerprint(cfg, **extra) -> str:
+    """sha256 of a sub-run's resolved config, without what does not change its numbers: the paths of the
+    teacher and warm-start weights (the teacher's identity is its weights fingerprint, recorded beside)
+    and whether progress bars show. ``extra``: what else defines the sub-run (a baseline's shrink rule)."""
+    d = cfg.to_dict()
+    d["train"].pop("progress", None)
+    d.get("method", {}).pop("teacher", None)
+    d.get("stages", {}).get("pretrain", {}).pop("init_from", None)
+    return hashlib.sha256(json.dumps({**d, **extra}, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class EarlierRows:
+    """Rows of finished sub-runs in the study's earlier results file (complete or ``.partial.json``),
+    usable in place of a sub-run that is not on this machine: a session can end on a fresh machine
+    with ``runs/`` gone, and only the small results file is committed.
+
+    A row is reused only when the earlier file was made by the same study code (its code fingerprint)
+    from a teacher with the same weights (the teacher is retrained first, deterministically: same
+    config, same machine type, same fingerprint) and the sub-run's config fingerprint matches; anything
+    else is trained again. Reused rows keep the commit that made them (``made_at_commit``).
+    """
+
+    def __init__(self, results_file: Path, scale: str, teacher_sha: str, say=print):
+        self.rows: dict[str, list[dict]] = {}
+        self.used: list[str] = []
+        code_hash = provenance("bar", scale)["code_hash"]
+        for f in (results_file, results_file.with_name(results_file.stem + ".partial.json")):
+            try:
+                old = json.loads(f.read_text())
+            except (OSError, ValueError):
+                continue
+            if old.get("scale") != scale:
+                continue
+            if old.get("teacher", {}).get("weights_sha256") != teacher_sha:
+                if old.get("teacher", {}).get("weights_sha256"):
+                    say(f"{f.name}: made with other teacher weights; its sub-runs are not reused")
+                continue
+            if old.get("code_hash") != code_hash:
+                say(f"{f.name}: made by other study code (commit {old.get('commit')}); its sub-runs are not reused")
+                continue
+            sens = [r for r in old.get("sensitivity", []) if r.get("run") != 0]  # run 0 repeats a BAR row
+            for row in old.get("runs", []) + old.get("baselines", []) + sens:
+                if row.get("subrun") and row.get("config_sha256"):
+                    row = {**row, "made_at_commit": row.get("made_at_commit") or old.get("commit")}
+                    self.rows.setdefault((f.name, row["subrun"]), []).append(row)
+
+    def get(self, runs: SubRuns, name: str, config_sha: str, n: int = 1) -> list[dict] | None:
+        """The ``n`` earlier rows of sub-run ``name`` if it is not finished under ``runs`` and they match."""
+        if runs.done(name):
+            return None
+        for (fname, sub), rows in self.rows.items():
+            if sub == name and len(rows) == n and all(r["config_sha256"] == config_sha for r in rows):
+                if name in self.used:  # asked again (the study's early pass over PF 4 and 8): said already
+                    return rows
+                self.used.append(name)
+                runs.say(f"{name}: not under {runs.root}; its result is reused from {fname} "
+                         f"(commit {rows[0]['made_at_commit']}: same teacher weights, config and study code)")
+                return rows
+        return None
 
 
 def _warm(scale: str, tdir: Path) -> dict:
@@ -211,6 +292,8 @@ def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, result
     teacher = read_json(tdir / "result.json")
     runs.say(f"teacher: {100 * teacher['final']['test_acc']:.2f}% test accuracy")
     spec = models.describe(models.create(tcfg.model.name, **tcfg.model.kwargs))
+    teacher_sha = weights_fingerprint(tdir / "model.pt")
+    earlier = EarlierRows(results_file, scale, teacher_sha, runs.say)
     bar_runs, baselines, sensitivity = [], [], []
 
     # BAR at each volume budget --------------------------------------------------------------------
@@ -219,8 +302,13 @@ def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, result
         return load_config("bar_wrn_bar", scale, overrides=deep_merge(deep_merge(over, _warm(scale, tdir)), extra or {}))
 
     def bar_run(pf):
+        """(run dir or None, earlier rows or None, config) of BAR at ``pf``: trained here unless reused."""
         cfg = bar_config(pf)
-        return runs.get(f"bar-v{pf}", lambda d: run_pipeline(cfg, d, resume=True, quiet=quiet), f"BAR PF {pf}"), cfg
+        reused = earlier.get(runs, f"bar-v{pf}", config_fingerprint(cfg))
+        if reused:
+            return None, reused, cfg
+        d = runs.get(f"bar-v{pf}", lambda d: run_pipeline(cfg, d, resume=True, quiet=quiet), f"BAR PF {pf}")
+        return d, None, cfg
 
     # the factors the claims compare against the baseline (4, 8) run first, then the baseline, so an
     # interrupted cpu study has the comparison before the rest of the sweep
@@ -230,6 +318,11 @@ def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, result
                 bar_run(pf)
     if "baselines" in parts:
         for kind, kd in SETTINGS[scale]["baselines"]:
+            reused = earlier.get(runs, baseline_subrun(kind, kd), config_fingerprint(
+                _baseline_config(scale, runs), shrink=kind, kd=kd), n=len(PRUNING_FACTORS))
+            if reused:
+                baselines += reused
+                continue
             try:
                 baselines += _baseline(kind, kd, scale, runs, tdir / "model.pt")
             except RunDirBusyError:  # a chain of steps: another process of this study is on it, take the next one
@@ -239,11 +332,15 @@ def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, result
                 runs.say(f"{label}: being run by another process; skipped here")
     if "bar" in parts:
         for pf in PRUNING_FACTORS:
-            d, cfg = bar_run(pf)
-            if d is None:
+            d, reused, cfg = bar_run(pf)
+            if reused:
+                bar_runs += reused
+            elif d is not None:
+                bar_runs.append(_summarize_pipeline(d, spec, {
+                    "method": "BAR", "subrun": f"bar-v{pf}", "config_sha256": config_fingerprint(cfg), "pf": pf,
+                    "budget": "volume", "hyperparameters": cfg.method}))
+            else:
                 continue
-            bar_runs.append(_summarize_pipeline(d, spec, {"method": "BAR", "pf": pf, "budget": "volume",
-                                                          "hyperparameters": cfg.method}))
             runs.say(f"BAR PF {pf}: V x{bar_runs[-1]['v_factor']:.2f} (target {pf}), "
                      f"F x{bar_runs[-1]['f_factor']:.1f}, accuracy {100 * bar_runs[-1]['accuracy']:.2f}%")
     # sensitivity ----------------------------------------------------------------------------------
@@ -261,10 +358,16 @@ def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, result
                     over = deep_merge(over, {section: {name: v}})
                 # the same optimiser draws apply to the fine-tuning stage (above)
                 cfg = bar_config(pf, over)
-                d = runs.get(f"sensitivity-v{pf}-{i}", lambda d, cfg=cfg: run_pipeline(cfg, d, resume=True, quiet=quiet),
+                name, sha = f"sensitivity-v{pf}-{i}", config_fingerprint(cfg)
+                reused = earlier.get(runs, name, sha)
+                if reused:
+                    sensitivity += reused
+                    continue
+                d = runs.get(name, lambda d, cfg=cfg: run_pipeline(cfg, d, resume=True, quiet=quiet),
                              f"sensitivity PF {pf} run {i + 1}")
                 if d is not None:
-                    sensitivity.append(_summarize_pipeline(d, spec, {"method": "BAR", "pf": pf, "run": i + 1,
+                    sensitivity.append(_summarize_pipeline(d, spec, {"method": "BAR", "subrun": name,
+                                                                     "config_sha256": sha, "pf": pf, "run": i + 1,
                                                                      "hyperparameters": hp}))
         # the tuned runs count as run 0 of the sensitivity analysis
         factors = set(SETTINGS[scale]["sensitivity_factors"])
@@ -276,7 +379,8 @@ def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, result
         "dense": {"volume": count(spec).volume, "macs": count(spec).macs, "flops": count(spec).flops,
                   "gated_tensors": len(spec.tensors), "gates": sum(t.channels for t in spec.tensors)},
         "teacher": {"accuracy": teacher["final"]["test_acc"], "epochs": teacher["epochs"],
-                    "metrics": read_metrics(tdir)},
+                    "weights_sha256": teacher_sha, "metrics": read_metrics(tdir)},
+        "reused_subruns": earlier.used,
         "full_active_neurons": active_neurons(spec).to_dict("records"),
         "runs": bar_runs, "baselines": baselines, "sensitivity": sensitivity,
         "data_source": teacher.get("data_source"), "wall_time_s": time.time() - t0,

@@ -502,3 +502,29 @@ def load_weights(model: nn.Module, path, strict: bool = True) -> dict:
     except RuntimeError as e:
         raise CheckpointError(f"{path} does not fit model {name!r} ({str(e).splitlines()[0][:160]})") from None
     return payload if isinstance(payload, dict) else {}
+
+
+def weights_fingerprint(path) -> str:
+    """sha256 over the parameter and buffer values of a ``model.pt`` (names sorted, bytes as stored).
+
+    Two trainings of one config on one machine give the same fingerprint when training is
+    deterministic; a study uses it to tell whether results made with an earlier copy of a run (its
+    teacher, say) were made with these very weights.
+    """
+    import hashlib
+    from pathlib import Path
+
+    from .rundir import load_checkpoint
+
+    path = Path(path)
+    payload = load_checkpoint(path / "model.pt" if path.is_dir() else path)
+    if not isinstance(payload, dict) or not ("state_dict" in payload or "model" in payload):
+        raise CheckpointError(f"{path} is not a prunelab weights file")
+    state = payload.get("state_dict", payload.get("model"))
+    h = hashlib.sha256()
+    for name in sorted(state):
+        v = state[name]
+        if torch.is_tensor(v):
+            h.update(name.encode() + b"\0" + str(v.dtype).encode() + str(tuple(v.shape)).encode())
+            h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
