@@ -27,7 +27,7 @@ NOTEBOOK_KEYS = {
     "ddnp": {"runs", "compare", "settings", "layers", "channels", "p", "dense", "model"},
 }
 # files made before fingerprints were recorded (each still names its command and commit)
-PREDATES_FINGERPRINTS = {"bar_cpu.json", "manidp_cpu.json"}
+PREDATES_FINGERPRINTS = {"manidp_cpu.json"}
 
 
 def test_every_study_has_cached_cpu_results():
