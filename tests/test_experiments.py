@@ -43,6 +43,23 @@ def test_a_partial_study_never_replaces_complete_results(tmp_path):
     assert partial["partial"] and not partial["complete"] and partial["parts"] == ["sweeps"]
 
 
+@pytest.mark.parametrize("old_parts, old_missing, replaced", [
+    (["teacher", "bar"], ["bar-v16"], False),        # old has more parts: kept
+    (["teacher"], [], False),                         # same parts, old missing fewer: kept
+    (["teacher"], ["teacher", "x"], True),            # same parts, old missing more: replaced
+    (["sweeps"], [], True),                           # different parts, neither covers the other: replaced
+])
+def test_a_partial_study_never_replaces_a_partial_one_that_covers_more(tmp_path, old_parts, old_missing, replaced):
+    from prunelab.experiments import write_results
+
+    path = tmp_path / "bar.json"
+    old = {"study": "bar", "complete": False, "parts": old_parts, "missing": old_missing, "marker": 1}
+    path.write_text(json.dumps(old))
+    written = write_results(path, {"study": "bar", "complete": False, "parts": ["teacher"], "missing": ["teacher"]},
+                            say=lambda *a: None)
+    assert (json.loads(path.read_text()).get("marker") is None) == replaced
+    assert written == (path if replaced else tmp_path / "bar.partial.json")
+
 def _earlier_file(tmp_path, **teacher):
     from prunelab.experiments import provenance
 

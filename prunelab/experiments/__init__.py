@@ -109,11 +109,21 @@ def provenance_note(results: dict) -> str:
                    + " (rerun the command above to refresh them)")
 
 
+def _covers_more(old: dict, new: dict) -> bool:
+    """Whether results ``old`` hold more of the study than ``new``: a strict superset of its parts, or
+    the same parts with fewer sub-runs missing (a partial write must not throw finished sub-runs away)."""
+    old_parts, new_parts = set(old.get("parts") or ()), set(new.get("parts") or ())
+    if old_parts > new_parts:
+        return True
+    return old_parts == new_parts and len(old.get("missing") or ()) < len(new.get("missing") or ())
+
+
 def write_results(path, results: dict, say=print) -> Path:
     """Write a study's results, with the commit, package version and recipe fingerprints (configs and
     code, :func:`provenance`) that made them. A partial study (a ``--parts`` subset, or sub-runs
-    missing) never replaces a complete results file: it goes beside it as ``<name>.partial.json``,
-    marked partial."""
+    missing) never replaces a complete results file, nor a partial one that covers more (more parts, or
+    the same parts with fewer sub-runs missing): it goes beside it as ``<name>.partial.json``, marked
+    partial."""
     import json
 
     from .. import __version__
@@ -127,13 +137,15 @@ def write_results(path, results: dict, say=print) -> Path:
         results = {**results, "partial": True}
         if path.exists():
             try:
-                old_complete = bool(json.loads(path.read_text()).get("complete"))
+                old = json.loads(path.read_text())
+                old_covers_more = bool(old.get("complete")) or _covers_more(old, results)
             except (OSError, ValueError, AttributeError):
-                old_complete = False
-            if old_complete:
+                old_covers_more = False
+            if old_covers_more:
                 path = path.with_name(path.stem + ".partial.json")
                 say(f"the study is partial (parts {results.get('parts')}, missing {len(results.get('missing', []))} "
-                    f"sub-runs): {path.name} written, the complete results file is left as it was")
+                    f"sub-runs): {path.name} written, {path.name.replace('.partial', '')} (which covers more) is "
+                    "left as it was")
     write_json(path, to_jsonable(results))
     return path
 
