@@ -105,8 +105,9 @@ def _learned_vs_pruned(bar):
 def test_bar_hard_pruning_keeps_what_the_pruning_phase_learned(bar):
     # the remaining gap is the removed dead branches' constants and the maps closed to meet the budget
     # (the first cpu protocol, kept maps x 1, lost 58.9 -> 23.7 % at PF 2 here)
-    assert sorted(_learned_vs_pruned(bar)) == [2, 4, 8, 16]
-    for pf, (learned, pruned) in _learned_vs_pruned(bar).items():
+    stages = _learned_vs_pruned(bar)
+    assert sorted(stages) == [2, 4, 8, 16]
+    for pf, (learned, pruned) in stages.items():
         assert pruned >= learned - 0.02, f"PF {pf}: {100 * learned:.1f}% -> {100 * pruned:.1f}%"
 
 

@@ -60,6 +60,7 @@ def test_a_partial_study_never_replaces_a_partial_one_that_covers_more(tmp_path,
     assert (json.loads(path.read_text()).get("marker") is None) == replaced
     assert written == (path if replaced else tmp_path / "bar.partial.json")
 
+
 def _earlier_file(tmp_path, **teacher):
     from prunelab.experiments import provenance
 

@@ -110,10 +110,11 @@ def provenance_note(results: dict) -> str:
 
 
 def _covers_more(old: dict, new: dict) -> bool:
-    """Whether results ``old`` hold more of the study than ``new``: a strict superset of its parts, or
-    the same parts with fewer sub-runs missing (a partial write must not throw finished sub-runs away)."""
+    """Whether results ``old`` hold more of the study than the partial ``new``: they are complete, a
+    strict superset of its parts, or the same parts with fewer sub-runs missing (a partial write must not
+    throw finished sub-runs away)."""
     old_parts, new_parts = set(old.get("parts") or ()), set(new.get("parts") or ())
-    if old_parts > new_parts:
+    if old.get("complete") or old_parts > new_parts:
         return True
     return old_parts == new_parts and len(old.get("missing") or ()) < len(new.get("missing") or ())
 
@@ -137,15 +138,13 @@ def write_results(path, results: dict, say=print) -> Path:
         results = {**results, "partial": True}
         if path.exists():
             try:
-                old = json.loads(path.read_text())
-                old_covers_more = bool(old.get("complete")) or _covers_more(old, results)
+                old_covers_more = _covers_more(json.loads(path.read_text()), results)
             except (OSError, ValueError, AttributeError):
                 old_covers_more = False
             if old_covers_more:
-                path = path.with_name(path.stem + ".partial.json")
+                kept, path = path.name, path.with_name(path.stem + ".partial.json")
                 say(f"the study is partial (parts {results.get('parts')}, missing {len(results.get('missing', []))} "
-                    f"sub-runs): {path.name} written, {path.name.replace('.partial', '')} (which covers more) is "
-                    "left as it was")
+                    f"sub-runs): {path.name} written, {kept} (which covers more) is left as it was")
     write_json(path, to_jsonable(results))
     return path
 
