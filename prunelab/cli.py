@@ -185,8 +185,7 @@ def cmd_count(args) -> int:
     if args.structure:
         from .pruning.structure import Structure
 
-        structure = Structure.load(args.structure)
-        structure.check(models.describe(model))
+        structure = Structure.load(args.structure, models.describe(model))  # validated, errors name the file
     c = count(model, structure, residual=args.residual, count_pool=args.count_pool)
     print(f"{args.model}{' ' + json.dumps(kwargs) if kwargs else ''}: {c}")
     if args.per_layer:

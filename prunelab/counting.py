@@ -301,6 +301,8 @@ def count(model_or_spec, structure=None, *, widths=None, residual: str = "mixed"
     Raises:
         ValueError: unknown residual/union mode, widths naming an unknown tensor
             (:class:`UnknownTensorError`, also a KeyError), widths that do not broadcast.
+        CheckpointError: a structure of another model, or naming tensors, widths or alive channels
+            that ``model_or_spec`` does not have (:meth:`Structure.check`, as :func:`compact` does).
     """
     return _count(model_or_spec, structure, widths=widths, residual=residual, count_pool=count_pool,
                   include_fc=include_fc, union=union, union_temperature=union_temperature,
@@ -327,6 +329,8 @@ def _count(model_or_spec, structure=None, *, widths=None, residual="mixed", coun
         unknown = only_ops - {op.name for op in spec.ops}
         if unknown:
             raise ValueError(f"only_ops names ops {sorted(unknown)[:3]} that {spec.model} does not have")
+    if hasattr(structure, "check"):  # a Structure: refused exactly where compaction refuses it (one line)
+        structure.check(spec)
     alive = getattr(structure, "alive", structure)
     w = _Widths(spec, alive=alive, widths=widths, union=union, union_temperature=union_temperature,
                 force_torch=force_torch)

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import ConfigError
+
 # "Trainer" in the annotations below is prunelab.train.trainer.Trainer (not imported: a lower layer)
 
 
@@ -71,11 +73,38 @@ class Hook:
         resumed run stops where the uninterrupted one did."""
         return False
 
+    @property
+    def state_key(self) -> str:
+        """The name this hook's :meth:`state_dict` is saved under in a trainer checkpoint (as
+        Lightning's ``Callback.state_key``): by default the class's qualified name.
+
+        A resume gives each hook the state saved under its key, so the order of the hooks does not
+        matter, and a checkpoint whose keys differ from the run's is refused. Override it to tell apart
+        two hooks of one class by a setting; hooks of one trainer that still share a key get ``#1``,
+        ``#2``, ... appended in the order the trainer is given them (:func:`hook_state_keys`).
+        """
+        return type(self).__qualname__
+
     def state_dict(self) -> dict:
         return {}
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+def hook_state_keys(hooks) -> list[str]:
+    """The checkpoint key of each of ``hooks``: its :attr:`Hook.state_key`, with ``#1``, ``#2``, ...
+    appended, in order, to keys that several hooks share (so each hook's state has its own entry)."""
+    keys = [h.state_key for h in hooks]
+    counts = {k: keys.count(k) for k in keys}
+    seen: dict[str, int] = {}
+    out = []
+    for k in keys:
+        seen[k] = seen.get(k, 0) + 1
+        out.append(k if counts[k] == 1 else f"{k}#{seen[k]}")
+    if len(set(out)) != len(out):  # a hook's own key looks like a numbered one: states would overwrite
+        raise ConfigError(f"hook state keys {out} are not unique; give the hooks distinct state_key values")
+    return out
 
 
 @dataclass

@@ -179,3 +179,19 @@ def seed_everything(seed: int) -> None:
 def derive_seed(*parts: int) -> int:
     """A 63-bit seed derived from integers, stable across runs and platforms."""
     return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def mean_pairwise_jaccard(masks) -> float:
+    """Mean Jaccard similarity |A ∩ B| / |A ∪ B| of the rows of a boolean matrix (n x C), over all
+    pairs of different rows (two empty rows count as identical, 1). One matrix product: the
+    intersections are ``M M^T``, the unions ``|A| + |B| - |A ∩ B|``."""
+    m = np.asarray(masks, dtype=np.float64)
+    n = m.shape[0]
+    if n < 2:
+        return float("nan")
+    inter = m @ m.T
+    size = m.sum(1)
+    union = size[:, None] + size[None, :] - inter
+    jac = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+    iu = np.triu_indices(n, 1)
+    return float(jac[iu].mean())

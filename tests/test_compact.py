@@ -147,3 +147,23 @@ def test_compact_network_of_a_frozen_model_trains_every_parameter():
     small = compact(net, Structure.random(spec, np.random.default_rng(0), keep=(0.3, 0.6)))
     assert all(p.requires_grad for p in small.parameters())
     assert not any(p.requires_grad for p in net.parameters())  # the input is not modified
+
+
+def test_structures_built_in_code_are_validated_like_plans():
+    """The constructors go through the same checks as plan files: no silent casting or de-duplication,
+    and count refuses a structure of another model as compact does."""
+    spec20 = models.describe(models.create("resnet20"))
+    for bad in ([1, 1], [16], [-1], np.array([0.0, 1.0]), np.array([True, False]), ["0"]):
+        with pytest.raises(CheckpointError, match="layer1.0.mid"):
+            Structure._make(spec20, {"layer1.0.mid": bad})
+    for bad in (8.0, True, 17, -1):
+        with pytest.raises(CheckpointError, match="layer1.0.mid"):
+            Structure.from_counts(spec20, {"layer1.0.mid": bad})
+    s = Structure._make(spec20, {"layer1.0.mid": np.array([7, 0, 3], dtype=np.int32), "layer1.0.delta": []})
+    assert s.alive["layer1.0.mid"].tolist() == [0, 3, 7] and s.alive["layer1.0.mid"].dtype == np.int64
+    with pytest.raises(CheckpointError, match="more than once"):
+        s.with_alive({"layer1.0.mid": [2, 2]})
+    spec56 = models.describe(models.create("resnet56"))
+    for use in (lambda: compact(models.create("resnet56"), s), lambda: count(spec56, s)):
+        with pytest.raises(CheckpointError, match="resnet20"):
+            use()

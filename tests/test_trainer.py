@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from prunelab import models
-from prunelab.config import load_config
-from prunelab.errors import CheckpointError, RunDirError
+from prunelab.config import TrainConfig, load_config
+from prunelab.errors import CheckpointError, ConfigError, RunDirError
+from prunelab.hooks import Hook, hook_state_keys
 from prunelab.train.rundir import RunDir, load_checkpoint, summed_epoch_time
 from prunelab.train.run import train
-from prunelab.train.trainer import load_weights
+from prunelab.train.trainer import Trainer, load_weights
 
 PY = sys.executable
 TIME_KEYS = {"epoch_time_s", "images_per_s"}
@@ -202,3 +203,94 @@ def test_force_checks_free_space_before_moving_anything(tmp_path, monkeypatch):
     with pytest.raises(RunDirError, match="MiB free"):
         move_aside(d)
     assert (d / "model.pt").exists() and [p.name for p in tmp_path.iterdir()] == ["run"]
+
+
+# -- hook state in checkpoints: by state_key --------------------------------------------------------
+class _Counter(Hook):
+    """Adds ``bump`` to its state every training step (distinct bumps tell the hooks' states apart)."""
+
+    def __init__(self, bump=1):
+        self.bump, self.count = bump, 0
+
+    def after_step(self, trainer, batch):
+        self.count += self.bump
+
+    def state_dict(self):
+        return {"count": self.count}
+
+    def load_state_dict(self, state):
+        self.count = state["count"]
+
+
+class _OtherCounter(_Counter):
+    pass
+
+
+class _TinyLoader:
+    """Two fixed batches of 12 features, in the trainer's loader interface."""
+
+    def __init__(self):
+        g = torch.Generator().manual_seed(0)
+        self.data = [(torch.randn(4, 12, generator=g), torch.randint(0, 3, (4,), generator=g),
+                      torch.arange(4 * i, 4 * i + 4)) for i in range(2)]
+
+    def set_epoch(self, epoch):
+        pass
+
+    def batches(self, start=0):
+        yield from self.data[start:]
+
+    def __len__(self):
+        return len(self.data)
+
+
+def _hook_trainer(run, hooks):
+    torch.manual_seed(0)
+    cfg = TrainConfig(epochs=1, progress=False, channels_last=False, device="cpu")
+    return Trainer(torch.nn.Linear(12, 3), _TinyLoader(), train_cfg=cfg, run=run, hooks=hooks, device="cpu")
+
+
+def _train_with(path, hooks):
+    """One epoch (two steps) with ``hooks``; leaves ``checkpoint.pt`` in ``path``."""
+    with RunDir(path, quiet=True) as run:
+        _hook_trainer(run, hooks).fit()
+
+
+def _resume_with(path, hooks):
+    with RunDir(path, resume=True) as run:
+        _hook_trainer(run, hooks).load_state()
+    return [h.count for h in hooks]
+
+
+def test_hook_state_keys_number_shared_keys_in_order():
+    assert hook_state_keys([_Counter(), _OtherCounter(), _Counter()]) == ["_Counter#1", "_OtherCounter", "_Counter#2"]
+
+
+def test_hook_state_is_restored_by_key_in_another_order(tmp_path):
+    _train_with(tmp_path / "r", [_Counter(1), _Counter(5), _OtherCounter(10)])
+    saved = load_checkpoint(tmp_path / "r" / "checkpoint.pt")["hooks"]
+    assert saved == {"_Counter#1": {"count": 2}, "_Counter#2": {"count": 10}, "_OtherCounter": {"count": 20}}
+    # the other class moved first: it gets its own state, the two counters keep theirs (their order kept)
+    assert _resume_with(tmp_path / "r", [_OtherCounter(10), _Counter(1), _Counter(5)]) == [20, 2, 10]
+
+
+@pytest.mark.parametrize("hooks, only", [
+    ([_Counter(), _OtherCounter(), Hook()], "only in this run: Hook"),  # an extra hook
+    ([_Counter()], "only in the checkpoint: _OtherCounter"),  # a missing one
+])
+def test_resume_with_other_hooks_is_one_clear_error(tmp_path, hooks, only):
+    _train_with(tmp_path / "r", [_Counter(), _OtherCounter()])
+    with pytest.raises(ConfigError, match=only) as e:
+        _resume_with(tmp_path / "r", hooks)
+    assert "\n" not in str(e.value) and "--force" in str(e.value) and "same method and hooks" in str(e.value)
+
+
+def test_old_checkpoint_with_hook_states_by_position_still_resumes(tmp_path):
+    _train_with(tmp_path / "r", [_Counter(1), _OtherCounter(10)])
+    ckpt = tmp_path / "r" / "checkpoint.pt"
+    state = load_checkpoint(ckpt)
+    state["hooks"] = [state["hooks"]["_Counter"], state["hooks"]["_OtherCounter"]]  # the format before state_key
+    torch.save(state, ckpt)
+    assert _resume_with(tmp_path / "r", [_Counter(1), _OtherCounter(10)]) == [2, 20]
+    with pytest.raises(ConfigError, match="holds the state of 2 hook.*this run has 1 .*--force"):
+        _resume_with(tmp_path / "r", [_Counter(1)])

@@ -45,23 +45,27 @@ from ..errors import ConfigError
 from ..hooks import ParamGroup
 from ..pruning.gates import GatedModel, PerInstanceGate, attach_gates, strip_gates
 from ..pruning.result import DynamicResult, SelectReport
+from ..utils import mean_pairwise_jaccard
 from . import register
 from .base import Method
 from .options import Literal, MethodOptions, dataclass, field
 
 SIMILARITY_BATCH = 128  # test images on which R^l and T^l are logged (seeded, fixed)
+JACCARD_SAMPLE = 500  # test images whose kept sets are compared pairwise every epoch (the first of the split)
 
 
 class SaliencyPredictor(nn.Module):
     """GAP -> FC (no bias) -> ReLU -> FC (bias = 1) -> ReLU -> min(., 1000): one saliency per channel.
 
     ``init="zero"`` (default) starts the second FC at zero weights, so every saliency is exactly 1 and
-    the pretrained network's function is unchanged at the start; ``"kaiming"`` draws both FCs
-    Kaiming-normal as the official code does (M11 in docs/decisions.md: on a pretrained CIFAR ResNet
+    the pretrained network's function is unchanged at the start; ``"small"`` draws the second FC's
+    weights from N(0, ``init_std``^2), so that the saliencies of different inputs differ from the first
+    step and the rank thresholds do not land in a band of equal values (M12); ``"kaiming"`` draws both
+    FCs Kaiming-normal as the official code does (M11 in docs/decisions.md: on a pretrained CIFAR ResNet
     that spread compounds through the eval-mode network and its outputs explode).
     """
 
-    def __init__(self, c_in: int, c_out: int, init: str = "zero"):
+    def __init__(self, c_in: int, c_out: int, init: str = "zero", init_std: float = 0.01):
         super().__init__()
         hidden = max(1, c_out // (1 if c_out < 80 else 2))
         self.fc1 = nn.Linear(c_in, hidden, bias=False)
@@ -69,6 +73,8 @@ class SaliencyPredictor(nn.Module):
         nn.init.kaiming_normal_(self.fc1.weight)
         if init == "kaiming":
             nn.init.kaiming_normal_(self.fc2.weight)
+        elif init == "small":
+            nn.init.normal_(self.fc2.weight, std=init_std)
         else:
             nn.init.zeros_(self.fc2.weight)
         nn.init.ones_(self.fc2.bias)  # every channel starts with saliency about 1
@@ -93,19 +99,98 @@ class ManiDPGate(PerInstanceGate):
         self.keep_descriptor = True  # the method turns it off when nothing reads it (lambda_sim = 0)
         self.register_buffer("saliency_sum", torch.zeros(channels, dtype=torch.float64))
         self.register_buffer("saliency_count", torch.zeros((), dtype=torch.float64))
+        # how often each channel was kept this epoch (the static-mask control picks the most kept ones)
+        self.register_buffer("keep_sum", torch.zeros(channels, dtype=torch.float64))
         self.last_descriptor = None
 
     def forward(self, x, conv_input=None):
-        out = super().forward(x, conv_input)
+        if conv_input is None:
+            raise RuntimeError("ManiDPGate needs the conv input; attach it with GatedModel")
+        pi = self.predictor(conv_input)
+        m = pi * (pi >= self.threshold).to(pi.dtype)
+        self.last_saliency, self.last_mask = pi, m
         # conv_a's descriptor is taken after its ReLU (the mask sits before the block's ReLU, which
-        # commutes with a non-negative mask); conv_b's before the residual addition
-        if self.keep_descriptor:  # a full-size ReLU and its backward: only when the similarity loss needs it
-            self.last_descriptor = (F.relu(x) if self.relu_descriptor else x).float().mean((2, 3))
+        # commutes with a non-negative mask: the block's ReLU then passes the masked map unchanged);
+        # conv_b's before the residual addition. One fused pass: see MaskAndPool.
+        pool = self.keep_descriptor
+        out, desc = MaskAndPool.apply(x, m.to(x.dtype), self.relu_descriptor and pool, pool)
+        self.last_descriptor = desc.float() if self.keep_descriptor else None
         if self.training:
             with torch.no_grad():
                 self.saliency_sum += self.last_saliency.detach().double().sum(0)
+                self.keep_sum += (m.detach() != 0).sum(0).double()
                 self.saliency_count += self.last_saliency.shape[0]
         return out
+
+
+def _pool_hw(a: torch.Tensor) -> torch.Tensor:
+    """Mean over the spatial dimensions of a (B, C, H, W) map, read in its own memory layout (a plain
+    ``mean((2, 3))`` of a channels-last map is a strided reduction, several times slower on CPU)."""
+    if a.dim() == 4 and not a.is_contiguous() and a.is_contiguous(memory_format=torch.channels_last):
+        b, c, h, w = a.shape
+        return a.permute(0, 2, 3, 1).reshape(b, h * w, c).mean(1)
+    return a.mean((2, 3))
+
+
+def _sum_hw(a: torch.Tensor) -> torch.Tensor:
+    return _pool_hw(a) * (a.shape[2] * a.shape[3])
+
+
+class MaskAndPool(torch.autograd.Function):
+    """``z = f(x) * m`` with ``f`` = ReLU (conv_a's gate) or the identity (conv_b's), and the pooled
+    descriptor ``d = mean_hw f(x)`` that R^l reads, in one autograd node.
+
+    Why: composed from ordinary ops, the descriptor's ReLU, its pooling and the mask make autograd keep
+    two full-size gradients of ``x`` and add them, and the pooled gradient is expanded in the contiguous
+    layout against channels-last activations; measured on ResNet-20 (1 CPU thread, batch 128) the step
+    cost 1.73x a dense step. Here the backward is ``gx = (gz * m + gd / HW) * 1[f'(x)]`` and
+    ``gm = sum_hw gz * f(x)``, each one pass in the activations' own layout. When ``f`` is the ReLU, the
+    block's own ReLU after the gate sees a non-negative map and is the identity (``relu(x) m = relu(x m)``
+    for ``m >= 0``)."""
+
+    @staticmethod
+    def forward(ctx, x, m, relu: bool, pool: bool):
+        a = F.relu(x) if relu else x
+        z = a * m[:, :, None, None]
+        d = _pool_hw(a) if pool else a.new_zeros(())
+        ctx.relu, ctx.pool, ctx.hw = relu, pool, x.shape[2] * x.shape[3]
+        ctx.save_for_backward(a, m)
+        return z, d
+
+    @staticmethod
+    def backward(ctx, gz, gd):
+        a, m = ctx.saved_tensors
+        gm = _sum_hw(gz * a) if ctx.needs_input_grad[1] else None
+        gx = None
+        if ctx.needs_input_grad[0]:
+            if ctx.pool and gd is not None:
+                gx = torch.addcmul((gd / ctx.hw)[:, :, None, None], gz, m[:, :, None, None])
+            else:
+                gx = gz * m[:, :, None, None]
+            if ctx.relu:
+                gx = torch.ops.aten.threshold_backward(gx, a, 0)
+        return gx, gm, None, None
+
+
+def ramp_epochs(epochs: int, fraction: float) -> int:
+    """E_r = max(2, round(fraction x E)): the epochs over which the remain rate falls to r* (M13)."""
+    return min(epochs, max(2, round(fraction * epochs)))
+
+
+def cumulative_sparsity_push(lambda_: float, lr: float, epochs: int, steps_per_epoch: int, channels: int,
+                             momentum: float = 0.9, mean_weight: float = 0.5, schedule: str = "cosine") -> float:
+    """How far the sparsity term alone moves one predictor bias b2_c over a whole run (M14):
+
+        P = sum_t lr_t / (1 - mu) x lambda' x w_bar / C_l
+
+    (d/db2_c of lambda' mean_i w_i mean_c pi_c is lambda' w_bar / C_l while pi_c > 0; SGD with momentum mu
+    moves a parameter by lr / (1 - mu) per unit of steady gradient). ``schedule`` ``cosine`` (no warm-up)
+    sums lr_t to lr x steps / 2, ``constant`` to lr x steps. The official recipe (ResNet-56, 400 epochs,
+    lr 0.05, lambda' 5e-3, batch 128 on CIFAR-10's 50,000 images) gives 1.6-6.2 for C_l = 64-16 at w_bar 0.5.
+    """
+    steps = epochs * steps_per_epoch
+    total_lr = lr * steps * (0.5 if schedule == "cosine" else 1.0)
+    return total_lr / (1 - momentum) * lambda_ * mean_weight / channels
 
 
 def remain_rate(epoch: int, epochs: int, target: float) -> float:
@@ -137,7 +222,10 @@ class ManiDPOptions(MethodOptions):
     ``lambda`` (lambda'): weight of the sparsity term; ``lambda_sim``: weight of the similarity loss (0
     switches it off); ``remain``: the final remain rate r*; ``kappa``: C = kappa x mean CE of the
     previous epoch; ``complexity_exponent`` (gamma, M8); ``detach_complexity_weight`` (M1);
-    ``predictor_init``: ``zero`` or the official ``kaiming`` (M11).
+    ``predictor_init``: ``zero``, ``small`` (N(0, ``predictor_init_std``^2) second FC, M12) or the official
+    ``kaiming`` (M11); ``ramp``: the fraction of the epochs over which the remain rate falls to r* (1: the
+    official schedule, thresholds updated until the second-to-last epoch; below 1 the thresholds are
+    then held fixed for the remaining epochs, M13).
     """
 
     lambda_: float = field(default=5e-3, metadata={"key": "lambda"})
@@ -146,7 +234,9 @@ class ManiDPOptions(MethodOptions):
     kappa: float = 0.5
     complexity_exponent: float = 1.0
     detach_complexity_weight: bool = True
-    predictor_init: Literal["zero", "kaiming"] = "zero"
+    predictor_init: Literal["zero", "small", "kaiming"] = "zero"
+    predictor_init_std: float = 0.01
+    ramp: float = 1.0
 
     def check(self):
         super().check()
@@ -156,6 +246,11 @@ class ManiDPOptions(MethodOptions):
             raise ConfigError(f"manidp remain (r*) must be in (0, 1], got {self.remain}")
         if self.kappa <= 0 or self.complexity_exponent <= 0:
             raise ConfigError("manidp needs kappa > 0 and complexity_exponent > 0")
+        if not 0 < self.ramp <= 1:
+            raise ConfigError(f"manidp ramp (the fraction of epochs over which the remain rate falls to r*) must be "
+                              f"in (0, 1], got {self.ramp}")
+        if not self.predictor_init_std > 0:
+            raise ConfigError(f"manidp predictor_init_std must be > 0, got {self.predictor_init_std}")
 
 
 @register("manidp")
@@ -178,6 +273,7 @@ class ManifoldDynamicPruning(Method):
         self._w = None  # this epoch's w_i by training-set index (float16 tensor, NaN where not yet seen)
         self._test = None
         self._eval: list = []  # per-instance statistics of the epoch's test evaluation
+        self._near = None  # [pruned, pruned within 10 % of theta, kept, kept within 10 %] of that evaluation
 
     # -- gates -------------------------------------------------------------------------------------
     def slots(self, spec):
@@ -192,8 +288,9 @@ class ManifoldDynamicPruning(Method):
 
         spec = describe(net)
         conv_in = {op.writes: op.in_channels for op in spec.ops if op.writes}
-        init = self.options.predictor_init
-        return attach_gates(net, lambda t: ManiDPGate(t.channels, SaliencyPredictor(conv_in[t.name], t.channels, init),
+        init, std = self.options.predictor_init, self.options.predictor_init_std
+        return attach_gates(net, lambda t: ManiDPGate(t.channels, SaliencyPredictor(conv_in[t.name], t.channels, init,
+                                                                                    std),
                                                       relu_descriptor=t.slot != "delta"), self.slots(spec))
 
     def predictor_macs(self, model: GatedModel) -> int:
@@ -318,14 +415,27 @@ class ManifoldDynamicPruning(Method):
     def eval_batch(self, trainer, split, batch):
         if split != "test":
             return
+        alive = torch.cat([g.alive_per_instance() for _, g in trainer.model.items()], 1).cpu().numpy()
+        # how decisive the thresholds are: the share of pruned (kept) saliencies within 10 % below (above) it;
+        # near 0 when saliencies are bimodal, large when channels at nearly full strength are cut by noise
+        near = self._near if self._near is not None else torch.zeros(4, dtype=torch.float64)
+        for _, g in trainer.model.items():
+            theta = float(g.threshold)
+            if theta > 0:
+                pi = g.last_saliency.detach()
+                pruned = pi < theta
+                near += torch.tensor([float(pruned.sum()), float((pruned & (pi >= 0.9 * theta)).sum()),
+                                      float((~pruned).sum()), float((~pruned & (pi < 1.1 * theta)).sum())],
+                                     dtype=torch.float64)
+        self._near = near
         kept = np.stack([g.alive_per_instance().sum(1).cpu().numpy() for _, g in trainer.model.items()], 1)
         self._eval.append((kept.astype(np.int16), batch.ce_per_sample.cpu().numpy().astype(np.float32),
                            (batch.logits.argmax(1) == batch.y).cpu().numpy(), batch.y.cpu().numpy(),
-                           batch.idx.cpu().numpy()))
+                           batch.idx.cpu().numpy(), np.packbits(alive, axis=1)))
 
     def set_mode(self, trainer, training):
         if training:  # a new training epoch: the last evaluation's statistics were consumed
-            self._eval = []
+            self._eval, self._near = [], None
         super().set_mode(trainer, training)
 
     def end_epoch(self, trainer, epoch):
@@ -341,17 +451,38 @@ class ManifoldDynamicPruning(Method):
             rec["test_macs_reduction"] = 1 - float(macs.mean()) / count(spec).macs
             rec["kept_ratio_mean"] = float(np.mean([kept[:, j].mean() / spec.tensor(n).channels
                                                     for j, n in enumerate(names)]))
+            # how dynamic the masks are: the spread of per-image MACs, and the mean pairwise Jaccard
+            # similarity of different images' kept sets (per layer, then averaged over layers)
+            rec["test_macs_std"], rec["test_macs_min"], rec["test_macs_max"] = (
+                float(macs.std()), float(macs.min()), float(macs.max()))
+            packed = np.concatenate([e[5] for e in self._eval])
+            width = sum(spec.tensor(n).channels for n in names)
+            alive = np.unpackbits(packed[:JACCARD_SAMPLE], axis=1, count=width).astype(bool)
+            bounds = np.cumsum([0] + [spec.tensor(n).channels for n in names])
+            rec["jaccard_mean"] = float(np.mean([mean_pairwise_jaccard(alive[:, a:b])
+                                                 for a, b in zip(bounds[:-1], bounds[1:])]))
+            if self._near is not None and self._near[0] > 0:
+                rec["pruned_near_threshold"] = float(self._near[1] / self._near[0])
+                rec["kept_near_threshold"] = float(self._near[3] / max(float(self._near[2]), 1.0))
             if trainer.run is not None and epoch + 1 == self._epochs:
                 trainer.run.save_array("manidp_test_kept", kept)
-                for k, name in ((1, "ce"), (2, "correct"), (3, "label"), (4, "index")):
+                # the last training epoch's per-channel keep frequency and mean saliency, layers concatenated
+                # in gate order (the channel counts are the spec's)
+                n = [g.saliency_count.clamp(min=1) for _, g in model.items()]
+                trainer.run.save_array("manidp_train_keep_frequency", torch.cat(
+                    [g.keep_sum / c for (_, g), c in zip(model.items(), n)]).float().cpu().numpy())
+                trainer.run.save_array("manidp_train_saliency_mean", torch.cat(
+                    [g.saliency_sum / c for (_, g), c in zip(model.items(), n)]).float().cpu().numpy())
+                for k, name in ((1, "ce"), (2, "correct"), (3, "label"), (4, "index"), (5, "masks_packed")):
                     trainer.run.save_array(f"manidp_test_{name}", np.concatenate([e[k] for e in self._eval]))
         # the adaptive C of the next epoch: kappa x this epoch's mean training CE
         if self._ce_count:
             self.c = self.options.kappa * float(self._ce_sum) / self._ce_count
         self._ce_sum, self._ce_count = None, 0
         # thresholds for the next epoch (none after the last: evaluation keeps the trained ones)
-        if 1 <= epoch < self._epochs - 1:
-            r = remain_rate(epoch, self._epochs, self.options.remain)
+        ramp = ramp_epochs(self._epochs, self.options.ramp)
+        if 1 <= epoch < min(ramp, self._epochs - 1):  # then held fixed (M13)
+            r = remain_rate(epoch, ramp, self.options.remain)
             rec["remain_rate"] = r
             for n, g in model.items():
                 mu = g.saliency_sum / g.saliency_count.clamp(min=1)
@@ -360,6 +491,7 @@ class ManifoldDynamicPruning(Method):
         for _, g in model.items():
             g.saliency_sum.zero_()
             g.saliency_count.zero_()
+            g.keep_sum.zero_()
         rec["thresholds"] = [float(g.threshold) for _, g in model.items()]
         if self._w is not None:
             self.weights.append(self._w.cpu().numpy().copy())

@@ -6,8 +6,9 @@ which modules are in train mode. Everything else (devices, AMP, channels-last, D
 evaluation, checkpoints, exact resume, progress bars, logging) lives here once.
 
 Exact resume: the loader's randomness is a function of (seed, epoch, step), the checkpoint holds the
-model, optimisers, schedulers, grad scaler, hooks, RNG states and the running sums of the epoch in
-progress, and ``metrics.jsonl`` is cut back to the checkpoint. A run killed at any point and resumed
+model, optimisers, schedulers, grad scaler, hook states (by :attr:`~prunelab.hooks.Hook.state_key`),
+RNG states and the running sums of the epoch in progress, and ``metrics.jsonl`` is cut back to the
+checkpoint. A run killed at any point and resumed
 ends with the same weights and metrics as an uninterrupted run (deterministic mode).
 """
 
@@ -23,8 +24,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import OptimConfig, ScheduleConfig, TrainConfig
-from ..errors import CheckpointError, TrainingDivergedError
+from ..errors import CheckpointError, ConfigError, TrainingDivergedError
 from ..hooks import Batch, Hook, ParamGroup  # noqa: F401  (re-exported: methods and tests import them here)
+from ..hooks import hook_state_keys
 from .rundir import RunDir
 from .schedules import lr_multiplier
 
@@ -34,8 +36,6 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        from ..errors import ConfigError
-
         raise ConfigError("train.device is cuda but no CUDA device is available; use --set train.device=cpu")
     return dev
 
@@ -378,7 +378,7 @@ class Trainer:
             "optimizers": [o.state_dict() for o in self.optimizers],
             "schedulers": [s.state_dict() for s in self.schedulers],
             "scaler": self.scaler.state_dict(),
-            "hooks": [h.state_dict() for h in self.hooks],
+            "hooks": {k: h.state_dict() for k, h in zip(hook_state_keys(self.hooks), self.hooks)},
             "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
             "sums": {k: v.detach().cpu() for k, v in self._sums.items()},
             "history": self.history,
@@ -401,6 +401,7 @@ class Trainer:
         except RuntimeError as e:
             raise CheckpointError(f"{self.run.file(self._ckpt_name)} does not fit this model "
                                   f"({str(e).splitlines()[0][:160]}); use --force or another --out") from None
+        hook_states = self._match_hook_states(state["hooks"])  # before the optimisers: names what changed
         if len(state["optimizers"]) != len(self.optimizers):
             raise CheckpointError(f"{self.run.file(self._ckpt_name)} has {len(state['optimizers'])} optimisers, "
                                   f"this run builds {len(self.optimizers)}: the method config changed")
@@ -409,7 +410,7 @@ class Trainer:
         for sch, s in zip(self.schedulers, state["schedulers"]):
             sch.load_state_dict(s)
         self.scaler.load_state_dict(state["scaler"])
-        for h, s in zip(self.hooks, state["hooks"]):
+        for h, s in hook_states:
             h.load_state_dict(s)
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
         self.global_step = state["global_step"]
@@ -421,6 +422,31 @@ class Trainer:
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([r.cpu() for r in rng["cuda"]])
         self.run.truncate_metrics(state["metrics_size"])
+
+    def _match_hook_states(self, saved) -> list[tuple[Hook, dict]]:
+        """Pair each hook with its state in the checkpoint, by :attr:`Hook.state_key`.
+
+        A list is a checkpoint written before hooks had keys: matched by position when it has one
+        state per hook. Any other difference between the checkpoint's hooks and this run's is
+        refused: restoring by position would hand a hook another hook's state without a word.
+        """
+        keys = hook_state_keys(self.hooks)
+        fix = ("resume with the same method and hooks as the run that wrote the checkpoint, "
+               "or start a new run with --force")
+        if isinstance(saved, (list, tuple)):
+            if len(saved) != len(keys):
+                raise ConfigError(f"{self.run.file(self._ckpt_name)} holds the state of {len(saved)} hook(s) by "
+                                  f"position (an older checkpoint), but this run has {len(keys)} "
+                                  f"({', '.join(keys) or 'none'}); {fix}")
+            saved = dict(zip(keys, saved))
+        only_saved = sorted(set(saved) - set(keys))
+        only_here = sorted(set(keys) - set(saved))
+        if only_saved or only_here:
+            diff = [f"only in the checkpoint: {', '.join(only_saved)}" if only_saved else "",
+                    f"only in this run: {', '.join(only_here)}" if only_here else ""]
+            raise ConfigError(f"{self.run.file(self._ckpt_name)} was written with other hooks than this run has "
+                              f"({'; '.join(d for d in diff if d)}); {fix}")
+        return [(h, saved[k]) for h, k in zip(self.hooks, keys)]
 
     def _save_snapshot(self, epoch: int) -> None:
         self.run.save(f"epoch_{epoch}.pt", weights_payload(self.model, {"epoch": epoch}))

@@ -59,16 +59,18 @@ def plot_lambda_trajectories(trajectories: np.ndarray, groups: dict, ax=None, *,
     return title_with_scale(ax, "Complexity weight λ(x_i)/λ′ over training (supplement Fig. S1)", scale)
 
 
-def plot_similarity(matrix: np.ndarray, labels: np.ndarray, ax=None, *, title: str, scale: str, cbar: bool = True):
+def plot_similarity(matrix: np.ndarray, labels: np.ndarray, ax=None, *, title: str, scale: str, cbar: bool = True,
+                    vmin: float | None = None):
     """One similarity matrix (instances sorted by class, class boundaries marked), seaborn heatmap.
 
-    The colour range runs from the matrix's own minimum to 1 (the colour bar shows it): saliency
-    matrices are often all close to 1, and a fixed 0-1 range would hide their structure."""
+    The colour range runs from ``vmin`` (default: the matrix's own minimum) to 1, and the colour bar
+    shows it: saliency matrices are often all close to 1, and a fixed 0-1 range would hide their
+    structure. Panels that are compared share one ``vmin`` (:func:`plot_similarity_panel`)."""
     import seaborn as sns
 
     ax = _ax(ax, (4.2, 3.6))
     m = np.asarray(matrix, dtype=np.float32)
-    lo = float(np.min(m))
+    lo = float(np.min(m)) if vmin is None else float(vmin)
     sns.heatmap(m, ax=ax, cmap="viridis", vmin=min(lo, 0.999), vmax=1, square=True, xticklabels=False,
                 yticklabels=False, cbar=cbar, cbar_kws={"label": f"cosine similarity ({lo:.3f} to 1)"} if cbar else None)
     labels = np.asarray(labels)
@@ -85,16 +87,63 @@ def plot_similarity(matrix: np.ndarray, labels: np.ndarray, ax=None, *, title: s
 
 def plot_similarity_panel(sims: dict, labels: np.ndarray, layer: int, layer_name: str, *, scale: str, fig=None):
     """Fig. S2: (a) R and (b) T without L_sim, (c) R and (d) T with L_sim, for one layer. ``sims`` maps
-    ``"without_sim"``/``"with_sim"`` to arrays (layers, 2, B, B)."""
+    ``"without_sim"``/``"with_sim"`` to float32 arrays (layers, 2, B, B). The two R panels share one
+    colour range and the two T panels another (from the lower of their minima to 1), so that with and
+    without L_sim read on the same scale."""
     fig = fig or plt.figure(figsize=(11, 9))
     axes = fig.subplots(2, 2)
-    for row, (variant, text) in enumerate((("without_sim", "without"), ("with_sim", "with"))):
-        for col, (k, name) in enumerate(((0, "R (features)"), (1, "T (saliencies)"))):
+    variants = (("without_sim", "without"), ("with_sim", "with"))
+    for col, (k, name) in enumerate(((0, "R (features)"), (1, "T (saliencies)"))):
+        shared = min(float(np.min(sims[v][layer, k])) for v, _ in variants)
+        for row, (variant, text) in enumerate(variants):
             letter = "abcd"[2 * row + col]
-            plot_similarity(sims[variant][layer, k], labels, ax=axes[row, col], scale=scale,
+            plot_similarity(sims[variant][layer, k], labels, ax=axes[row, col], scale=scale, vmin=shared,
                             title=f"({letter}) {name}, {text} L_sim — {layer_name}")
     fig.tight_layout()
     return fig
+
+
+def similarity_layers(sims: dict, layers: list[str]) -> list[int]:
+    """The layers Fig. S2 shows by default, one per stage: the layer whose saliency matrix T varies most
+    between images with L_sim (largest standard deviation of its off-diagonal entries), i.e. where the
+    masks are most instance-dependent; ties: the earlier layer."""
+    t = np.asarray(sims["with_sim"])[:, 1]
+    b = t.shape[-1]
+    iu = np.triu_indices(b, 1)
+    spread = t[:, iu[0], iu[1]].std(1)
+    stages = {}
+    for j, n in enumerate(layers):
+        stage = n.split(".")[0]
+        if stage not in stages or spread[j] > spread[stages[stage]]:
+            stages[stage] = j
+    return sorted(stages.values())
+
+
+def plot_accuracy_vs_macs(groups: dict, dense_macs: float, ax=None, *, scale: str, dense_acc: float | None = None):
+    """Final test accuracy against mean MACs per run group (dynamic, static mask, l1, ...): each group's
+    runs as small dots, their mean with a ± std bar when there are at least 2 runs (n in the legend).
+    ``groups`` maps a label to a list of ``(mean MACs, accuracy)`` pairs, accuracy in [0, 1]."""
+    ax = _ax(ax, (6.5, 4.2))
+    markers = iter("osD^v<>")
+    for label, pts in groups.items():
+        if not pts:
+            continue
+        m = np.asarray(pts, dtype=np.float64)
+        x, y = 100 * m[:, 0] / dense_macs, 100 * m[:, 1]
+        mk = next(markers)
+        line = ax.scatter(x, y, s=14, alpha=0.5, marker=mk)
+        c = line.get_facecolor()[0]
+        if len(m) > 1:
+            ax.errorbar(x.mean(), y.mean(), xerr=x.std(ddof=1), yerr=y.std(ddof=1), fmt=mk, ms=8, color=c, capsize=3,
+                        label=f"{label}: mean ± std (n = {len(m)})")
+        else:
+            ax.plot(x.mean(), y.mean(), mk, ms=8, color=c, label=f"{label} (n = 1)")
+    if dense_acc is not None:
+        ax.axhline(100 * dense_acc, color="k", ls="--", lw=1, label=f"dense checkpoint ({100 * dense_acc:.2f}%)")
+    ax.set_xlabel("mean MACs per test image (% of dense; predictors excluded)")
+    ax.set_ylabel("final test accuracy (%)")
+    ax.legend(fontsize=8, loc="best")
+    return title_with_scale(ax, "Dynamic against static at the same cost, same checkpoint and schedule", scale)
 
 
 def plot_cost_ranked_images(images: np.ndarray, macs: np.ndarray, dense_macs: float, *, scale: str, rows: int = 6,
