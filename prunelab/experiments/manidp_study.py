@@ -190,6 +190,27 @@ def config_sha(cfg) -> str:
     return h.hexdigest()
 
 
+def filed_elsewhere(run: Path, cfg) -> str | None:
+    """Why the finished run in ``run`` is not the sub-run ``cfg`` describes (None: it is): its recorded
+    ``config.yaml`` names another method, other method options, or another seed."""
+    import yaml
+
+    try:
+        rec = yaml.safe_load((run / "config.yaml").read_text())
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        return f"its config.yaml cannot be read ({type(e).__name__})"
+    if not isinstance(rec, dict):
+        return "its config.yaml is not a mapping"
+    want, got = cfg.method or {}, rec.get("method") or {}
+    for key in sorted(set(want) | set(got)):
+        if key != "plan" and want.get(key) != got.get(key):
+            return f"it was run with method.{key}={got.get(key)!r}, this sub-run needs {want.get(key)!r}"
+    seed = (rec.get("train") or {}).get("seed")
+    if seed is not None and seed != cfg.train.seed:
+        return f"it was run with train.seed={seed}, this sub-run needs {cfg.train.seed}"
+    return None
+
+
 class Earlier:
     """Finished sub-runs of the committed results (complete or partial file), reusable on a machine that
     no longer has them when the dense weights and the sub-run's fingerprint match."""
@@ -269,7 +290,18 @@ def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, result
         d = runs.get(name, make, label)
         if d is None:
             return None
-        rec, arr = summarize(d)
+        why = filed_elsewhere(d, cfg)
+        if why:  # a run of another setting in this folder: never aggregated under this one's name
+            runs.missing.append(f"{label} (refused: {why})")
+            runs.say(f"{label}: {d} is refused: {why}; move it away and rerun the study")
+            return None
+        try:
+            rec, arr = summarize(d)
+        except Exception as e:  # one damaged sub-run must not stop the study's other sub-runs from being collected
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+            runs.missing.append(f"{label} (damaged: {reason})")
+            runs.say(f"{label}: {d} is damaged ({reason}); skipped. Rerun it with --force in that folder, or delete it")
+            return None
         return {**rec, **fields, "subrun": name, "config_sha256": sha}, arr
 
     def add(got, prefix=None):

@@ -80,7 +80,7 @@ class SaliencyPredictor(nn.Module):
         nn.init.ones_(self.fc2.bias)  # every channel starts with saliency about 1
 
     def forward(self, h):
-        return torch.clamp(F.relu(self.fc2(F.relu(self.fc1(h.mean((2, 3)))))), max=1000.0)
+        return torch.clamp(F.relu(self.fc2(F.relu(self.fc1(_pool_hw(h))))), max=1000.0)
 
     def macs(self) -> int:
         return self.fc1.in_features * self.fc1.out_features + self.fc2.in_features * self.fc2.out_features \
