@@ -384,8 +384,14 @@ def _finish(study, runs, parts, results_file, arrays, t0, reused) -> dict:
     study["wall_time_s"] = time.time() - t0
     study["created"] = time.strftime("%Y-%m-%d %H:%M")
     written = write_results(results_file, study, runs.say)
-    if arrays:  # beside the JSON it belongs to (a partial study's arrays beside the partial file)
-        np.savez_compressed(written.with_suffix(".npz"), **arrays)
+    if arrays:  # beside the JSON it belongs to (a partial study's arrays beside the partial file), whole or not at all
+        import io
+
+        from ..utils import atomic_write_bytes
+
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        atomic_write_bytes(written.with_suffix(".npz"), buf.getvalue())
     study["arrays_file"] = str(written.with_suffix(".npz"))
     runs.say(f"results written to {written}")
     return study
