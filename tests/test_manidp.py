@@ -119,3 +119,43 @@ def test_the_result_reports_predictor_overhead_and_per_instance_costs():
     assert pred == sum(g.predictor.macs() for _, g in gated.items()) > 0
     cost = result.cost([(x, None)])
     assert cost.macs < count(gated.spec).macs and cost.per_instance["macs"].shape == (16,)
+
+
+def test_stacked_similarity_loss_equals_the_per_layer_sum():
+    from prunelab.methods.manidp import summed_similarity_loss
+
+    g = torch.Generator().manual_seed(0)
+    ds = [torch.randn(8, c, generator=g, requires_grad=True) for c in (4, 4, 6, 4, 6)]
+    ss = [torch.rand(8, c, generator=g, requires_grad=True) for c in (4, 4, 6, 4, 6)]
+    ref = sum(similarity_loss(d, s) for d, s in zip(ds, ss))
+    got = summed_similarity_loss(ds, ss)
+    assert float(got) == pytest.approx(float(ref), rel=1e-6)
+    gr = torch.autograd.grad(ref, ds + ss)
+    gg = torch.autograd.grad(got, ds + ss)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(gr, gg))
+
+
+def test_mask_and_pool_gradients_equal_the_composed_ops():
+    """One autograd node for the gate (M16): gradcheck in float64, and the same gradients as the plain ops
+    followed by the block's ReLU, in both memory layouts."""
+    import torch.nn.functional as F
+
+    from prunelab.methods.manidp import MaskAndPool
+
+    g = torch.Generator().manual_seed(0)
+    for channels_last in (False, True):
+        for relu in (True, False):
+            x = torch.randn(3, 5, 4, 4, dtype=torch.float64, generator=g)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            x.requires_grad_(True)
+            m = (torch.rand(3, 5, dtype=torch.float64, generator=g) * (torch.rand(3, 5, generator=g) > 0.3))
+            m.requires_grad_(True)
+            assert torch.autograd.gradcheck(lambda x, m: MaskAndPool.apply(x, m, relu, True), (x, m))
+            z, d = MaskAndPool.apply(x, m, relu, True)
+            out = F.relu(z) if relu else z
+            ga = torch.autograd.grad(out.sin().sum() + d.cos().sum(), (x, m))
+            a = F.relu(x) if relu else x
+            out2 = F.relu(x * m[:, :, None, None]) if relu else x * m[:, :, None, None]
+            gb = torch.autograd.grad(out2.sin().sum() + a.mean((2, 3)).cos().sum(), (x, m))
+            assert torch.allclose(out, out2) and all(torch.allclose(p, q) for p, q in zip(ga, gb))

@@ -209,6 +209,23 @@ def similarity_loss(descriptor: torch.Tensor, saliency: torch.Tensor) -> torch.T
     return (cosine_matrix(descriptor) - cosine_matrix(saliency)).pow(2).mean()
 
 
+def summed_similarity_loss(descriptors: list, saliencies: list) -> torch.Tensor:
+    """sum_l similarity_loss(descriptor_l, saliency_l), with the layers of equal width stacked into one
+    batched matrix product (3 groups instead of 18 layers on ResNet-20: the per-layer small ops were a
+    measurable share of a CPU training step). Equal to the per-layer sum up to float rounding."""
+    groups: dict = {}
+    for d, s in zip(descriptors, saliencies):
+        groups.setdefault((d.shape[1], s.shape[1]), ([], []))
+        groups[(d.shape[1], s.shape[1])][0].append(d)
+        groups[(d.shape[1], s.shape[1])][1].append(s)
+    total = 0.0
+    for ds, ss in groups.values():
+        d = F.normalize(torch.stack(ds).float(), dim=2, eps=1e-12)
+        s = F.normalize(torch.stack(ss).float(), dim=2, eps=1e-12)
+        total = total + (torch.bmm(d, d.transpose(1, 2)) - torch.bmm(s, s.transpose(1, 2))).pow(2).mean((1, 2)).sum()
+    return total
+
+
 def complexity_weight(ce: torch.Tensor, c: float, exponent: float = 1.0) -> torch.Tensor:
     """w_i = 1[CE_i < C] ((C - CE_i) / C)^gamma: 1 for an input the network finds easy, 0 for a hard one."""
     rel = ((c - ce) / c).clamp(min=0.0)
@@ -398,7 +415,8 @@ class ManifoldDynamicPruning(Method):
         sparsity = sum((w * g.last_saliency.mean(1)).mean() for g in gates)
         terms = {"sparsity": o.lambda_ * sparsity}
         if o.lambda_sim > 0:
-            terms["similarity"] = o.lambda_sim * sum(similarity_loss(g.last_descriptor, g.last_saliency) for g in gates)
+            terms["similarity"] = o.lambda_sim * summed_similarity_loss([g.last_descriptor for g in gates],
+                                                                        [g.last_saliency for g in gates])
         with torch.no_grad():  # kept on the device: no host sync in the training step
             if self._ce_sum is None or self._ce_sum.device != ce.device:
                 self._ce_sum = torch.zeros((), dtype=torch.float64, device=ce.device) + (
