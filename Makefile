@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(PY) bench/method_overhead.py
 	$(PY) bench/dynamic_inference.py
 	$(PY) bench/latency_budget.py
+	$(PY) bench/paper_throughput.py
 
 clean-venv:
 	rm -rf $(VENV)

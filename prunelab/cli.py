@@ -10,8 +10,8 @@
     prunelab experiment bar|pfs [--scale S]       a supplement study; results/<name>_<scale>.json
     prunelab list [models|methods|configs]
 
-Bad input (unknown names, invalid numbers, missing data, incompatible checkpoints) prints one line
-and exits with code 2.
+Bad input (unknown names, invalid numbers, missing data, incompatible checkpoints, unusable paths,
+a full disk) prints one line and exits with code 2; a run folder is checked before it is created.
 """
 
 from __future__ import annotations
@@ -25,9 +25,31 @@ from pathlib import Path
 from .errors import PrunelabError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the package's error style: one line (not the usage block) and where help is."""
+
+    def error(self, message):
+        cmd = self.prog.removeprefix("prunelab").strip()
+        self.exit(2, f"prunelab: error: {cmd + ': ' if cmd else ''}{message}; see `{self.prog} --help`\n")
+
+
+def _count(text: str) -> int:
+    """argparse type of ``--batch``, ``--threads``, ``--repeats``: a whole number >= 1 (what fits the
+    machine is checked where it is known, before measuring)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return n
+
+
 def _add_run_args(p):
     p.add_argument("config", help="config file, or the name of a bundled config (prunelab list configs)")
-    p.add_argument("--scale", choices=("ci", "cpu", "paper"), help="scale block to apply (default: $PRUNELAB_SCALE or the file's)")
+    p.add_argument("--scale", choices=("ci", "cpu", "paper"),
+                   help="scale block to apply (default: --set scale, else the file's scale:, else $PRUNELAB_SCALE, "
+                        "else cpu)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=30 (repeatable)")
     p.add_argument("--out", help="run directory (default runs/<name>-<scale>)")
@@ -37,7 +59,7 @@ def _add_run_args(p):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="prunelab", description="Structured pruning research: train, prune, count, compact.")
+    ap = _Parser(prog="prunelab", description="Structured pruning research: train, prune, count, compact.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("train", help="train a dense model from a config")
     _add_run_args(p)
@@ -71,10 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("latency-table", help="measure (or show the cached) per-layer latency table of a model")
     p.add_argument("model")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="ARG=VALUE", help="model argument")
-    p.add_argument("--batch", type=int, default=1, help="images per inference call (default 1)")
+    p.add_argument("--batch", type=_count, default=1, help="images per inference call (default 1)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
-    p.add_argument("--repeats", type=int, default=5, help="interleaved rounds; the minimum is kept (default 5)")
+    p.add_argument("--threads", type=_count, help="CPU threads (default: torch's; at most the CPUs usable here)")
+    p.add_argument("--repeats", type=_count, default=5, help="interleaved rounds; the minimum is kept (default 5)")
     p.add_argument("--force", action="store_true", help="measure again even if a cached table exists")
     p = sub.add_parser("list", help="list models, methods or bundled configs")
     p.add_argument("what", nargs="?", choices=("models", "methods", "configs"), default="models")
@@ -82,23 +104,41 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _scale(args):
-    from .config import check_set_conflicts, default_scale
+    from .config import default_scale
 
-    check_set_conflicts(getattr(args, "sets", ()))
     return args.scale or default_scale()
 
 
+def _run_config(args):
+    """The config of ``train``/``prune``: ``--scale`` wins, ``--set scale=X`` and the file's ``scale:``
+    come next, ``$PRUNELAB_SCALE`` (or cpu) last."""
+    from .config import check_set_conflicts, default_scale, load_config
+
+    check_set_conflicts(args.sets)
+    return load_config(args.config, args.scale, args.sets, default_scale=None if args.scale else default_scale())
+
+
+def _run_out(args, cfg) -> Path:
+    """The run folder (``--out``, default ``runs/<name>-<scale>``), checked before anything is written:
+    it can be made, ``--resume`` finds a run there, ``--force`` moves only a run of its own aside."""
+    from .train.rundir import check_output_dir
+    from .train.run import default_out
+
+    out = Path(args.out) if args.out else default_out(cfg)
+    return check_output_dir(out, force=args.force, resume=args.resume)
+
+
 def cmd_train(args) -> int:
-    from .config import load_config
     from .train.run import train
 
-    cfg = load_config(args.config, _scale(args), args.sets)
+    cfg = _run_config(args)
+    out = _run_out(args, cfg)
     ignored = [k for k in ("method", "budget", "stages") if getattr(cfg, k)]
     if ignored:
         print(f"prunelab: warning: {args.config} is a pruning config; `prunelab train` trains the dense model and "
               f"ignores its {', '.join(ignored)} section(s): use `prunelab prune {args.config}` to prune",
               file=sys.stderr)
-    res = train(cfg, args.out, resume=args.resume, force=args.force)
+    res = train(cfg, out, resume=args.resume, force=args.force)
     f = res["final"]
     took = f"{res['train_time_s'] / 60:.1f} min of epochs"
     if res.get("resumed"):
@@ -109,11 +149,10 @@ def cmd_train(args) -> int:
 
 
 def cmd_prune(args) -> int:
-    from .config import load_config
     from .workflows.pipeline import run_pipeline
 
-    cfg = load_config(args.config, _scale(args), args.sets)
-    res = run_pipeline(cfg, args.out, resume=args.resume, force=args.force)
+    cfg = _run_config(args)
+    res = run_pipeline(cfg, _run_out(args, cfg), resume=args.resume, force=args.force)
     print(res["summary"])
     return 0
 
@@ -128,12 +167,6 @@ def cmd_latency_table(args) -> int:
     from .errors import ConfigError
     from .pruning.latency import latency_table
 
-    if args.batch < 1:
-        raise ConfigError(f"--batch must be >= 1, got {args.batch}")
-    if args.threads is not None and args.threads < 1:
-        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
-    if args.repeats < 1:
-        raise ConfigError(f"--repeats must be >= 1, got {args.repeats}")
     if args.device != "cpu" and not (args.device.startswith("cuda") and torch.cuda.is_available()):
         raise ConfigError(f"--device {args.device} is not available here; use --device cpu")
     kwargs = parse_set(args.sets)
@@ -209,11 +242,32 @@ def cmd_compact(args) -> int:
     return 0
 
 
-def cmd_experiment(args) -> int:
-    from .experiments import run
+def _parts(text: str | None) -> list[str] | None:
+    """``--parts a,b`` as names (None: all parts); a value that names no part is refused."""
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
+        from .errors import ConfigError
 
-    parts = args.parts.split(",") if args.parts else None
-    run(args.name, _scale(args), args.out, parts=parts, results=args.results, collect=args.collect)
+        raise ConfigError(f"--parts {text!r} names no part; give comma-separated part names, or leave --parts out "
+                          f"to run them all")
+    return parts
+
+
+def cmd_experiment(args) -> int:
+    from .experiments import results_path, run
+    from .utils import check_output_file, check_path
+
+    parts = _parts(args.parts)
+    scale = _scale(args)
+    # the folders and file a study writes, checked before it runs (a --collect writes only the results)
+    check_path(args.out or f"runs/{args.name}-{scale}", "--out", writable=not args.collect)
+    if args.results:
+        check_output_file(args.results, "--results")
+    else:
+        check_output_file(results_path(args.name, scale), "the results file", fix="give --results FILE elsewhere")
+    run(args.name, scale, args.out, parts=parts, results=args.results, collect=args.collect)
     return 0
 
 
@@ -241,10 +295,26 @@ COMMANDS = {"train": cmd_train, "prune": cmd_prune, "eval": cmd_eval, "info": cm
 _DISK_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
                 errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
                 errno.EPERM: "permission denied"}
+# path errors the checks before a command should have caught; a path that changed while the command
+# ran still gets one line naming it
+_PATH_ERRORS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP, errno.EEXIST}
+
+
+def _again(cmd: str) -> str:
+    """How to go on once the cause is fixed: train and prune continue with --resume, the others
+    have no --resume and are simply run again."""
+    if cmd in ("train", "prune"):
+        return "continue with --resume (what was saved before is intact: files are written whole or not at all)"
+    if cmd == "experiment":
+        return "rerun the same command (finished sub-runs are reused)"
+    return "rerun the command"
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # a usage error (one line, see _Parser) or --help
+        return e.code
     try:
         return COMMANDS[args.cmd](args)
     except PrunelabError as e:
@@ -253,13 +323,18 @@ def main(argv=None) -> int:
     except OSError as e:
         if e.errno in _DISK_ERRORS:
             where = f" writing {e.filename}" if e.filename else ""
-            print(f"prunelab: error: {_DISK_ERRORS[e.errno]}{where}; make room (or write access) and continue with "
-                  f"--resume (what was saved before is intact: files are written whole or not at all)",
-                  file=sys.stderr)
+            print(f"prunelab: error: {_DISK_ERRORS[e.errno]}{where}; make room (or write access) and "
+                  f"{_again(args.cmd)}", file=sys.stderr)
+            return 2
+        if e.errno in _PATH_ERRORS and e.filename:
+            name = str(e.filename)
+            name = name if len(name) <= 80 else name[:60] + "..."
+            print(f"prunelab: error: {(e.strerror or '').lower()}: {name}; fix that path (or give another) and run "
+                  f"the command again", file=sys.stderr)
             return 2
         raise
     except KeyboardInterrupt:
-        print("prunelab: interrupted; continue with --resume", file=sys.stderr)
+        print(f"prunelab: interrupted; {_again(args.cmd)}", file=sys.stderr)
         return 130
 
 

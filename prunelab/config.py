@@ -194,8 +194,19 @@ def validate(cfg: Config) -> Config:
     _check(s.step_size >= 1, "schedule.step_size", f"must be >= 1, got {s.step_size}")
     _check(all(_is_num(m) and m > 0 for m in s.milestones), "schedule.milestones",
            f"must list epochs > 0, got {s.milestones}")
+    # only multistep reads them (a paper-scale list may stay behind another scale's schedule)
+    _check(s.name != "multistep" or all(m <= t.epochs for m in s.milestones), "schedule.milestones",
+           f"must not pass train.epochs ({t.epochs}) with schedule multistep (a later one never applies), "
+           f"got {s.milestones}")
     _check(s.warmup < 1 or s.warmup <= t.epochs, "schedule.warmup",
            f"is a number of epochs when >= 1 and must not exceed train.epochs ({t.epochs}), got {s.warmup}")
+    # keys that only mean something with a held-out split: without one they would be silently ignored
+    _check(d.holdout or not d.train_on_holdout, "data.train_on_holdout",
+           "is true but data.holdout is 0, so there is no held-out part to train on; set data.holdout (a count, or "
+           "a fraction < 1) or drop train_on_holdout")
+    _check(d.holdout or d.val_per_class is None, "data.val_per_class",
+           f"({d.val_per_class}) picks from the held-out part, but data.holdout is 0; set data.holdout or drop it "
+           f"(--set data.val_per_class=null)")
     return cfg
 
 
@@ -299,17 +310,28 @@ def parse_set(items) -> dict:
             value = yaml.load(raw, Loader=_UniqueKeyLoader) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
-        if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
+        value = _yaml11_numbers(value)
         node = out
         parts = key.strip().split(".")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
         node[parts[-1]] = value
     return out
+
+
+def _yaml11_numbers(value):
+    """``value`` with the numbers YAML 1.1 reads as strings ("3e-4", "1e308": no dot) made numbers, at the
+    top and inside lists and mappings alike (``--set schedule.milestones=[1e3]``)."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    if isinstance(value, list):
+        return [_yaml11_numbers(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _yaml11_numbers(v) for k, v in value.items()}
+    return value
 
 
 def check_set_conflicts(items) -> None:
@@ -333,8 +355,12 @@ def check_set_conflicts(items) -> None:
 def find_config(ref: str | os.PathLike) -> Path:
     """A config path, or the name of a bundled config (``prunelab/configs/<name>.yaml``)."""
     p = Path(ref)
-    if p.is_file():
-        return p
+    try:
+        if p.is_file():
+            return p
+    except (OSError, ValueError) as e:  # a name too long for the file system, a NUL byte
+        raise ConfigError(f"config {str(ref)[:60]!r}... cannot be a file ({getattr(e, 'strerror', None) or e}); "
+                          f"give a config file or a bundled config's name") from None
     bundled = CONFIG_DIR / f"{ref}.yaml"
     if bundled.is_file():
         return bundled
@@ -389,15 +415,24 @@ def load_raw(ref) -> dict:
     return data
 
 
-def resolve_dict(raw: dict, scale: str | None = None, overrides: dict | None = None) -> dict:
-    """Apply the scale block and overrides to a raw config dict (no validation)."""
+def resolve_dict(raw: dict, scale: str | None = None, overrides: dict | None = None, *,
+                 default_scale: str | None = None) -> dict:
+    """Apply the scale block and overrides to a raw config dict (no validation).
+
+    The scale: ``scale`` (``--scale``), else an override's ``scale`` (``--set scale=X``), else the
+    file's ``scale:``, else ``default_scale`` (the command line's ``$PRUNELAB_SCALE`` or cpu), else the
+    file's ``base_scale``."""
     raw = copy.deepcopy(raw)
     scales = raw.pop("scales", {}) or {}
     base = raw.pop("base_scale", "cpu")  # the scale the file's top-level settings are written for
     asked = (overrides or {}).get("scale")
+    for where, value in (("--set scale", asked), ("the config's scale:", raw.get("scale"))):
+        if value is not None and value not in SCALES:
+            raise ConfigError(f"{where} must be one of {', '.join(SCALES)}, got {value!r}; choose the scale with "
+                              f"--scale")
     if asked is not None and scale is not None and asked != scale:
         raise ConfigError(f"--set scale={asked} conflicts with --scale {scale}; choose the scale with --scale")
-    scale = scale or asked or raw.get("scale") or base
+    scale = scale or asked or raw.get("scale") or default_scale or base
     if scale not in SCALES:
         raise ConfigError(f"scale must be one of {SCALES}, got {scale!r}")
     if not isinstance(scales, dict):
@@ -432,15 +467,17 @@ def build(data: dict) -> Config:
     return validate(from_dict(Config, data))
 
 
-def load_config(ref, scale: str | None = None, sets=None, overrides: dict | None = None) -> Config:
+def load_config(ref, scale: str | None = None, sets=None, overrides: dict | None = None, *,
+                default_scale: str | None = None) -> Config:
     """Load a config file (or bundled name), apply its scale block and overrides, validate.
 
     ``sets`` are ``--set key=value`` strings (values parsed as YAML); ``overrides`` is a nested mapping
     of typed values (``{"train": {"epochs": 3}, "method": {"lambda": 1e-4}}``), applied after ``sets``.
     Code that composes configs (studies, workflows) uses ``overrides``, never formatted strings.
+    ``default_scale``: the scale when neither ``scale``, ``--set scale`` nor the file names one.
     """
     over = deep_merge(parse_set(sets), overrides or {})
-    return build(resolve_dict(load_raw(ref), scale, over))
+    return build(resolve_dict(load_raw(ref), scale, over, default_scale=default_scale))
 
 
 def default_scale() -> str:

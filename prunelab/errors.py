@@ -29,6 +29,11 @@ class RunDirError(PrunelabError):
     """A run directory cannot be used (exists, locked by another process, ...)."""
 
 
+class PathError(PrunelabError):
+    """A path to write (an output folder or file, a cache folder) cannot be used: it lies under a
+    file, its name is too long, its file system is read-only, it is the current folder..."""
+
+
 class RunDirBusyError(RunDirError):
     """Another process holds the run directory's lock (it is training that run right now)."""
 

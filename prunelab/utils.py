@@ -195,3 +195,111 @@ def mean_pairwise_jaccard(masks) -> float:
     jac = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
     iu = np.triu_indices(n, 1)
     return float(jac[iu].mean())
+
+
+# -- output paths: checked before anything is written ------------------------------------------------
+
+def _first_existing(path: Path) -> Path:
+    """``path`` or its nearest ancestor that exists (``Path.exists`` is False below a file too)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _limit(path: Path, name: str, default: int) -> int:
+    try:
+        return os.pathconf(path, name)
+    except (OSError, ValueError):
+        return default
+
+
+def _check_names(path, what: str, fix: str) -> Path:
+    """The absolute form of ``path``, refused when it holds a NUL byte or a name longer than the file
+    system allows (asked before any call that would fail on it)."""
+    from .errors import PathError
+
+    if "\0" in str(path):
+        raise PathError(f"{what} {str(path)!r} contains a NUL byte; {fix}")
+    p = Path(os.path.abspath(Path(path).expanduser()))
+    anchor = _first_existing(Path(p.anchor))
+    name_max, path_max = _limit(anchor, "PC_NAME_MAX", 255), _limit(anchor, "PC_PATH_MAX", 4096)
+    for part in p.parts[1:]:
+        if len(os.fsencode(part)) > name_max:
+            raise PathError(f"{what} {str(path)[:40]}...: the name {part[:24]}... is {len(part)} characters long, "
+                            f"more than the file system allows ({name_max}); {fix}")
+    if len(os.fsencode(str(p))) >= path_max:
+        raise PathError(f"{what} {str(path)[:40]}... is longer than the file system allows ({path_max}); {fix}")
+    return p
+
+
+def check_path(path, what: str = "--out", *, writable: bool = True, fix: str | None = None, shown=None) -> Path:
+    """Refuse, with one line naming ``path`` and the fix, a folder the system cannot make or write
+    into: a NUL byte, a name longer than the file system allows, a file where a folder must be, or
+    (when ``writable``) a read-only or unwritable place. Nothing is created; returns the path.
+
+    ``what`` names where the path came from (``--out``, ``PRUNELAB_CACHE``...); ``fix`` replaces
+    the default advice (choose another ``what``); ``shown``, the path the message names (default ``path``)."""
+    from .errors import PathError
+
+    fix = fix or f"choose another {what}"
+    shown = path if shown is None else shown
+    p = _check_names(path, what, fix)
+    there = _first_existing(p)
+    if not there.is_dir():
+        where = "is a file" if there == Path(os.path.abspath(shown)) else f"lies under {there}, which is a file"
+        raise PathError(f"{what} {shown} {where}, not a folder; {fix}")
+    if writable:
+        if os.statvfs(there).f_flag & os.ST_RDONLY:
+            raise PathError(f"{what} {shown}: {there} is on a read-only file system; {fix} (nothing was written)")
+        if not os.access(there, os.W_OK | os.X_OK):
+            raise PathError(f"{what} {shown}: permission denied writing in {there}; {fix} or make it writable")
+    return Path(path)
+
+
+def check_output_file(path, what: str, fix: str | None = None) -> Path:
+    """:func:`check_path` for a file to write (its folder is made when missing): a folder at ``path``
+    is refused as well."""
+    from .errors import PathError
+
+    fix = fix or f"choose another {what}"
+    p = _check_names(path, what, fix)
+    if p.is_dir():
+        raise PathError(f"{what} {path} is a folder; give a file name (e.g. {Path(path) / 'results.json'})")
+    check_path(p.parent, what, fix=fix, shown=path)
+    return Path(path)
+
+
+def force_refusal(path) -> str | None:
+    """Why ``--force`` must not move ``path`` aside, or None: it is the current folder or one above it
+    (the command would pull its own working folder away), the home folder, or it holds this package."""
+    p = Path(path).resolve()
+    cwd = Path.cwd().resolve()
+    package = Path(__file__).resolve().parent
+    if p == cwd or p in cwd.parents:
+        return "the current folder" if p == cwd else "a folder above the current one"
+    if p == Path.home().resolve():
+        return "the home folder"
+    if p in package.parents:
+        return "the folder that holds the prunelab package"
+    return None
+
+
+def make_dirs(path, what: str = "--out") -> None:
+    """``mkdir -p path``; a folder that cannot be made gives one line, and the folders this call made
+    before failing are removed again (a refused start leaves nothing on disk)."""
+    from .errors import PathError
+
+    path = Path(path)
+    made = []
+    try:
+        for d in [*reversed(path.parents), path]:
+            if not d.is_dir():
+                d.mkdir()
+                made.append(d)
+    except OSError as e:
+        failed = e.filename or d
+        for m in reversed(made):
+            with contextlib.suppress(OSError):
+                m.rmdir()
+        why = (e.strerror or type(e).__name__).lower()
+        raise PathError(f"{what} {path}: cannot create {failed} ({why}); choose another {what}") from None

@@ -626,3 +626,239 @@ def test_compact_and_count_agree_on_drawn_plans(plan, how, k):
     errors = _refusals(_spoil(plan, how, k))
     assert all(errors) and not any("\n" in m for m in errors), (how, errors)
     COUNTS["plans_drawn"] += 1
+
+
+# -- 6. paths, the environment, the start of a run and silent config paths (issue 28 items 3, 4, 6) --
+
+def _listing(root: Path) -> list[str]:
+    """Every file (with its hash) and folder under ``root``: a refused command must change none."""
+    return sorted(f"{p.relative_to(root)}:{hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else 'dir'}"
+                  for p in root.rglob("*"))
+
+
+def _fixtures(work: Path) -> None:
+    """What the cases below point at: a file, a folder of unrelated files, files that are not checkpoints,
+    weights of another model, a folder without model.pt, a config with a bad scale."""
+    import argparse
+    import pickle
+
+    work.mkdir(parents=True)
+    (work / "afile").write_text("not a folder\n")
+    (work / "notes").mkdir()
+    (work / "notes" / "notes.txt").write_text("someone's notes\n")
+    (work / "text.pt").write_text("hello\n")
+    torch.save({"state_dict": {}, "x": argparse.Namespace(a=1)}, work / "objects.pt")  # needs unpickling code
+    (work / "plain.pkl").write_bytes(pickle.dumps({"a": 1}, protocol=4))
+    torch.save({"model_name": "resnet56", "model_kwargs": {}, "state_dict": {}}, work / "resnet56.pt")
+    (work / "emptydir").mkdir()
+    (work / "s7.yaml").write_text("name: x\nscale: 7\nscales: {ci: {train: {epochs: 1}}}\n")
+
+
+def _latency_cache_entry_is_a_folder(work: Path) -> None:
+    from prunelab import models
+    from prunelab.pruning import latency as lat
+
+    names = list(lat.groups(models.describe(models.create("resnet20"))))
+    lat.table_path(lat.table_key("resnet20", {}, names, 1, torch.device("cpu"), None)).mkdir(parents=True)
+
+
+def _run_here(work: Path) -> None:
+    (work / "config.yaml").write_text("name: x\n")  # the current folder holds a run
+
+
+def _run_above(work: Path) -> None:
+    (work.parent / "config.yaml").write_text("name: x\n")  # the folder above holds a run
+
+
+TRAIN = ["train", "resnet20", "--scale", "ci"]
+PRUNE_L1 = ["prune", "resnet20_l1", "--scale", "ci", "--out", "run"]
+CACHE = {"PRUNELAB_CACHE": "cache"}  # relative to the working folder
+# (id, argv, words the one line must hold, options: env, setup, absent words)
+BAD_STARTS = [
+    # item 3: paths and the environment
+    ("out-under-a-file", TRAIN + ["--out", "afile/run"], ["afile", "a file", "choose another --out"], {}),
+    ("out-300-characters", TRAIN + ["--out", "x" * 300], ["300 characters", "choose another --out"], {}),
+    ("out-in-proc", TRAIN + ["--out", "/proc/x"], ["/proc/x", "--out"], {}),
+    ("out-unrelated-files", TRAIN + ["--out", "notes"], ["notes.txt", "not a prunelab run", "new or empty"], {}),
+    ("force-current-folder", TRAIN + ["--out", ".", "--force"], ["current folder", "--out"], {"setup": _run_here}),
+    ("force-folder-above", TRAIN + ["--out", "..", "--force"], ["above", "--out"], {"setup": _run_above}),
+    ("name-escapes-runs", TRAIN + ["--set", "name=../../escape"], ["name", "one plain folder name", "--out"], {}),
+    ("resume-missing-folder", TRAIN + ["--out", "nothere", "--resume"], ["--resume", "nothere", "drop --resume"],
+     {}),
+    ("results-a-folder", ["experiment", "pfs", "--scale", "ci", "--collect", "--results", "notes"],
+     ["--results", "is a folder", "file name"], {}),
+    ("parts-names-none", ["experiment", "pfs", "--scale", "ci", "--collect", "--parts", ",,", "--results", "r.json"],
+     ["--parts", "names no part"], {}),
+    ("cache-a-file-train", TRAIN + ["--out", "run"], ["PRUNELAB_CACHE", "a file", "point PRUNELAB_CACHE"],
+     {"env": {"PRUNELAB_CACHE": "afile"}}),
+    ("cache-a-file-latency", ["latency-table", "resnet20", "--repeats", "1"], ["afile", "a file", "PRUNELAB_CACHE"],
+     {"env": {"PRUNELAB_CACHE": "afile"}}),
+    ("cache-entry-a-folder", ["latency-table", "resnet20", "--repeats", "1"], ["is a folder", "remove it"],
+     {"env": CACHE, "setup": _latency_cache_entry_is_a_folder}),
+    ("batch-beyond-memory", ["latency-table", "resnet20", "--batch", "100000000"], ["GiB", "lower the batch"],
+     {"env": CACHE}),
+    ("threads-beyond-cpus", ["latency-table", "resnet20", "--threads", "100000"], ["threads", "at most"],
+     {"env": CACHE}),
+    ("batch-not-a-number", ["latency-table", "resnet20", "--batch", "abc"], ["--batch", "whole number", "--help"],
+     {}),
+    ("unknown-option", ["experiment", "pfs", "--set", "x=1"], ["unrecognized arguments", "--help"], {}),
+    ("scale-7-in-file", ["train", "s7.yaml", "--scale", "ci", "--out", "run"], ["scale", "ci, cpu, paper"], {}),
+    ("set-scale-7", ["train", "resnet20", "--set", "scale=7", "--out", "run"], ["--set scale", "ci, cpu, paper"],
+     {"absent": ["conflicts"]}),
+    # item 4: the weights a run starts from, loaded before its folder exists
+    ("init-text-file", TRAIN + ["--out", "run", "--set", "train.init_from=text.pt"],
+     ["train.init_from", "text.pt", "corrupt or not a torch checkpoint"], {}),
+    ("init-python-objects", TRAIN + ["--out", "run", "--set", "train.init_from=objects.pt"],
+     ["train.init_from", "Python objects"], {"absent": ["weights_only=False", "trust"]}),
+    ("init-plain-pickle", TRAIN + ["--out", "run", "--set", "train.init_from=plain.pkl"],
+     ["train.init_from", "not a torch checkpoint"], {"absent": ["weights_only=False", "trust"]}),
+    ("init-folder-without-model", TRAIN + ["--out", "run", "--set", "train.init_from=emptydir"],
+     ["train.init_from", "without model.pt"], {}),
+    ("init-another-model", TRAIN + ["--out", "run", "--set", "train.init_from=resnet56.pt"],
+     ["train.init_from", "resnet56"], {}),
+    ("pretrain-init-text-file", PRUNE_L1 + ["--set", "stages.pretrain.init_from=text.pt"],
+     ["stages.pretrain.init_from", "text.pt"], {}),
+    ("kd-teacher-text-file", PRUNE_L1 + ["--set", "stages.finetune.kd={teacher: text.pt}"],
+     ["stages.finetune.kd.teacher", "text.pt"], {}),
+    # item 6: no silent config path
+    ("manidp-budget", ["prune", "resnet20_manidp", "--scale", "ci", "--out", "run", "--set", "budget.keep=0.3"],
+     ["manidp", "ignores budget", "method.remain"], {}),
+    ("plan-budget", PRUNE_L1 + ["--set", "method.name=plan", "--set", "method.plan=p.json"],
+     ["plan", "ignores budget", "method.plan"], {}),
+    ("enabled-maybe", PRUNE_L1 + ["--set", "stages.finetune.enabled=maybe"], ["stages.finetune.enabled", "true or false"],
+     {}),
+    ("enabled-0", PRUNE_L1 + ["--set", "stages.finetune.enabled=0"], ["stages.finetune.enabled", "true or false"], {}),
+    ("reinit-maybe", PRUNE_L1 + ["--set", "stages.finetune.reinit=maybe"], ["stages.finetune.reinit", "true or false"],
+     {}),
+    ("kd-bogus", PRUNE_L1 + ["--set", "stages.finetune.kd=bogus"], ["stages.finetune.kd", "true, false or a mapping"],
+     {}),
+    ("kd-alpha-2", PRUNE_L1 + ["--set", "stages.finetune.kd={alpha: 2}"], ["stages.finetune.kd", "alpha in [0, 1]"],
+     {}),
+    ("kd-on-learn", PRUNE_L1 + ["--set", "stages.learn.kd=true"], ["stages.learn", "'kd'", "stages.finetune"], {}),
+    ("prune-stage-key", PRUNE_L1 + ["--set", "stages.prune.enabled=false"], ["stages.prune", "'enabled'"], {}),
+    ("stage-train-init-from", PRUNE_L1 + ["--set", "stages.learn.train.init_from=x.pt"],
+     ["stages.learn.train.init_from", "stages.pretrain.init_from"], {}),
+    ("train-on-holdout-without-holdout", TRAIN + ["--out", "run", "--set", "data.train_on_holdout=true"],
+     ["data.train_on_holdout", "data.holdout"], {}),
+    ("val-per-class-without-holdout", TRAIN + ["--out", "run", "--set", "data.val_per_class=5"],
+     ["data.val_per_class", "data.holdout"], {}),
+    ("milestone-1e308", TRAIN + ["--out", "run", "--set", "schedule.name=multistep",
+                                 "--set", "schedule.milestones=[1e308]"],
+     ["schedule.milestones", "train.epochs", "1e+308"], {}),
+]
+
+
+@pytest.mark.parametrize("label,argv,words,opts", BAD_STARTS, ids=[c[0] for c in BAD_STARTS])
+def test_a_bad_start_gives_one_line_and_leaves_nothing(label, argv, words, opts, tmp_path, capsys, monkeypatch):
+    work = tmp_path / "up" / "work"  # one level below tmp_path, so that a path escaping work is still seen
+    _fixtures(work)
+    monkeypatch.chdir(work)
+    for k, v in opts.get("env", {}).items():
+        monkeypatch.setenv(k, v)
+    if "setup" in opts:
+        opts["setup"](work)
+    before = _listing(tmp_path)
+    rc, err = run_cli(argv, capsys)
+    assert rc == 2 and len(err) == 1 and err[0].startswith("prunelab: error:"), (label, rc, err)
+    assert all(w in err[0] for w in words), (label, words, err[0])
+    assert not any(w in err[0] for w in opts.get("absent", [])), (label, err[0])
+    assert _listing(tmp_path) == before, f"{label} changed files on disk"
+    COUNTS["start_clean_errors"] += 1
+
+
+def test_a_refused_start_leaves_nothing_so_the_corrected_command_runs(tmp_path, capsys, monkeypatch):
+    """The rerun after a bad ``init_from`` is not refused as 'already holds a run'."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "text.pt").write_text("hello\n")
+    argv = TRAIN + ["--out", "run", "--set", "train.epochs=1", "--set", "train.max_steps=1",
+                    "--set", "train.progress=false"]
+    rc, err = run_cli(argv + ["--set", "train.init_from=text.pt"], capsys)
+    assert rc == 2 and not (tmp_path / "run").exists(), err
+    rc, err = run_cli(argv, capsys)
+    assert rc == 0 and (tmp_path / "run" / "result.json").exists(), err
+
+
+def test_numbers_inside_set_lists_are_numbers():
+    from prunelab.config import load_config, parse_set
+
+    assert parse_set(["schedule.milestones=[1e3, 2]", "model.kwargs={width: 1e1}"]) == \
+        {"schedule": {"milestones": [1000.0, 2]}, "model": {"kwargs": {"width": 10.0}}}
+    cfg = load_config("resnet20", "ci", ["schedule.name=multistep", "schedule.milestones=[1e0]"])
+    assert cfg.schedule.milestones == [1.0]
+
+
+def _bad_tables(path: Path, good: dict) -> dict:
+    """Damaged cache files for ``path``: valid JSON of the wrong shape, a negative time, another type,
+    bytes that are not text."""
+    def edited(f):
+        d = json.loads(json.dumps(good))
+        f(d)
+        return json.dumps(d).encode()
+
+    first = next(iter(good["groups"]))
+    return {"groups-a-list": edited(lambda d: d.__setitem__("groups", [1, 2])),
+            "negative-full": edited(lambda d: d.__setitem__("full_seconds", -1.0)),
+            "negative-width": edited(lambda d: d["groups"][first]["seconds"].__setitem__(1, -5.0)),
+            "seconds-a-string": edited(lambda d: d["groups"][first].__setitem__("seconds", "x")),
+            "a-list": b"[1, 2]", "not-text": b"\xff\xfe{"}
+
+
+def test_a_latency_cache_of_the_wrong_shape_is_measured_again_with_one_line(tmp_path, monkeypatch, capsys):
+    from prunelab.pruning import latency as lat
+
+    monkeypatch.setenv("PRUNELAB_CACHE", str(tmp_path))
+    kw = dict(batch=2, threads=1, repeats=1, block_ms=0.5, grid=lambda c: [1, c // 2, c], progress=False)
+    good = lat.latency_table("resnet20", {}, **kw)
+    path = Path(good.meta["path"])
+    capsys.readouterr()
+    for label, data in _bad_tables(path, json.loads(path.read_text())).items():
+        path.write_bytes(data)
+        table = lat.latency_table("resnet20", {}, **kw)
+        err = [e for e in capsys.readouterr().err.splitlines() if e.strip()]
+        assert len(err) == 1 and "prunelab: warning:" in err[0] and "measuring it again" in err[0], (label, err)
+        assert table.full_seconds > 0 and all(min(g["seconds"]) >= 0 for g in table.groups.values()), label
+        assert lat.LatencyTable.from_dict(json.loads(path.read_text())).key == good.key, label  # replaced whole
+
+
+@pytest.mark.parametrize("command", ["latency-table", "compact", "collect"])
+def test_a_read_only_target_says_rerun_not_resume(command, finished_run, tmp_path, capsys, monkeypatch):
+    """Commands without --resume: one line naming the read-only place, and no advice to --resume."""
+    ro = tmp_path / "ro"
+    why = _mount(ro, "ro,size=1m")
+    if why:
+        pytest.skip(f"read-only case needs a read-only tmpfs: {why}")
+    try:
+        monkeypatch.chdir(tmp_path)
+        argv = {"latency-table": ["latency-table", "resnet20", "--repeats", "1"],
+                "compact": ["compact", str(finished_run), "--out", str(ro / "c")],
+                "collect": ["experiment", "pfs", "--scale", "ci", "--collect", "--results", str(ro / "r.json")]}[command]
+        if command == "latency-table":
+            monkeypatch.setenv("PRUNELAB_CACHE", str(ro))
+        rc, err = run_cli(argv, capsys)
+        assert rc == 2 and len(err) == 1 and "read-only" in err[0] and "--resume" not in err[0], err
+    finally:
+        _umount(ro)
+
+
+def test_a_full_disk_under_compact_says_rerun(finished_run, tmp_path, capsys, monkeypatch):
+    small = tmp_path / "small"
+    why = _mount(small, "size=40k")
+    if why:
+        pytest.skip(f"disk-full case needs a small tmpfs: {why}")
+    try:
+        monkeypatch.chdir(tmp_path)
+        rc, err = run_cli(["compact", str(finished_run), "--out", str(small / "c")], capsys)
+        assert rc == 2 and len(err) == 1 and "disk is full" in err[0], err
+        assert "rerun" in err[0] and "--resume" not in err[0], err
+    finally:
+        _umount(small)
+
+
+def test_missing_data_is_reported_before_the_run_folder_exists(tmp_path, capsys, monkeypatch):
+    from prunelab.data import cifar
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cifar, "search_path", lambda root=None: [tmp_path / "empty"])
+    rc, err = run_cli(TRAIN + ["--out", "run"], capsys)
+    assert rc == 2 and len(err) == 1 and "CIFAR-10 not found" in err[0], err
+    assert not (tmp_path / "run").exists()

@@ -195,9 +195,37 @@ class LatencyTable:
 
     @classmethod
     def from_dict(cls, d: dict) -> "LatencyTable":
-        if d.get("format") != TABLE_FORMAT:
-            raise ConfigError(f"not a prunelab latency table (format {d.get('format')!r})")
-        return cls(d["key"], d["groups"], float(d["full_seconds"]), d.get("meta", {}))
+        """A table from its JSON form; anything of another shape (a damaged or foreign cache file) is a
+        :class:`ConfigError` saying what is wrong, never a table with unusable numbers."""
+        why = _table_problem(d)
+        if why:
+            raise ConfigError(f"not a prunelab latency table ({why})")
+        return cls(d["key"], d["groups"], float(d["full_seconds"]), d.get("meta") or {})
+
+
+def _is_time(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+
+
+def _table_problem(d) -> str | None:
+    """What makes ``d`` not a latency table's JSON form, or None."""
+    if not isinstance(d, dict) or d.get("format") != TABLE_FORMAT:
+        return f"format {d.get('format') if isinstance(d, dict) else type(d).__name__!r}"
+    if not isinstance(d.get("key"), dict) or not isinstance(d.get("groups"), dict) or not d["groups"]:
+        return "no key or no groups"
+    if not (_is_time(d.get("full_seconds")) and d["full_seconds"] > 0):
+        return f"full_seconds {d.get('full_seconds')!r} is not a positive time"
+    if not isinstance(d.get("meta", {}), dict):
+        return "meta is not a mapping"
+    for name, g in d["groups"].items():
+        w, t = (g.get("widths"), g.get("seconds")) if isinstance(g, dict) else (None, None)
+        if not (isinstance(w, list) and isinstance(t, list) and w and len(w) == len(t)):
+            return f"group {name} has no widths and seconds of one length"
+        if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in w) or w != sorted(set(w)):
+            return f"group {name}'s widths are not increasing whole numbers"
+        if not all(_is_time(x) for x in t):
+            return f"group {name} has a time that is negative or not a number"
+    return None
 
 
 def table_key(model: str, model_kwargs: dict, names, batch: int, device: torch.device, threads: int | None) -> dict:
@@ -269,27 +297,94 @@ def measure_table(model: str, model_kwargs=None, *, names=None, batch: int = 1, 
     return LatencyTable(key, table_groups, best["full"], meta)
 
 
+def _cached(path: Path, key: dict) -> LatencyTable | None:
+    """The table cached at ``path`` for ``key``; None when there is none. A damaged file, or one of
+    another shape or key, is reported in one line and measured again."""
+    import sys
+
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+        why = _table_problem(data)
+    except (OSError, ValueError) as e:  # JSON and UTF-8 errors are ValueErrors
+        why = f"not JSON text: {type(e).__name__}"
+    if why is None:
+        table = LatencyTable.from_dict(data)
+        if table.key == key:
+            table.meta["path"] = str(path)
+            return table
+        why = "it holds the table of another key"
+    print(f"prunelab: warning: the cached latency table {path} is unusable ({why}); measuring it again",
+          file=sys.stderr)
+    return None
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes that can be allocated now on ``device`` (None where unknown)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return None
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity, which a container or taskset narrows)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def check_measurable(spec: ModelSpec, batch: int, device: torch.device, threads: int | None) -> None:
+    """Refuse, before timing anything, a batch whose activations cannot fit in the device's free memory
+    and more CPU threads than this process may use (one line each, saying the largest that fits)."""
+    # an upper bound: every op's output alive at once, plus the input, in float32
+    per_image = 4 * (math.prod(spec.input_size) + sum(op.out_channels * op.out_hw[0] * op.out_hw[1]
+                                                      for op in spec.ops))
+    free = free_memory(device)
+    if free is not None and batch * per_image > free:
+        raise ConfigError(f"batch {batch}: measuring {spec.model} at this batch needs about "
+                          f"{batch * per_image / 2**30:,.1f} GiB and {device.type} has {free / 2**30:,.1f} GiB free; "
+                          f"lower the batch (at most about {max(1, free // per_image):,})")
+    if device.type == "cpu" and threads and threads > usable_cpus():
+        raise ConfigError(f"threads {threads}: this process may use {usable_cpus()} CPUs; give at most "
+                          f"{usable_cpus()} (more threads only time their contention)")
+
+
 def latency_table(model: str, model_kwargs=None, *, names=None, batch: int = 1, device="cpu",
                   threads: int | None = None, force: bool = False, say=None, **measure_kw) -> LatencyTable:
-    """The cached table for this key, measured (and cached) when there is none or ``force``."""
-    from ..utils import atomic_write_text
+    """The cached table for this key, measured (and cached) when there is none or ``force``.
+
+    Before measuring (minutes): the batch must fit in memory, the threads in the CPUs, and the cache
+    folder must be writable; otherwise one line says so and nothing is measured."""
+    from ..utils import atomic_write_text, check_path, check_output_file
 
     dev = torch.device(device)
     spec = describe(create(model, **(model_kwargs or {})))
     names = list(groups(spec, names))
     key = table_key(model, model_kwargs, names, batch, dev, threads)
     path = table_path(key)
-    if path.exists() and not force:
-        try:
-            table = LatencyTable.from_dict(json.loads(path.read_text()))
-            if table.key == key:
-                return table
-        except (ValueError, KeyError, ConfigError):
-            pass  # damaged or another format: measure again
+    fix = "point PRUNELAB_CACHE at a writable folder"
+    check_path(path.parent, "the latency cache", writable=False, fix=fix)
+    if path.is_dir():
+        raise ConfigError(f"the latency cache entry {path} is a folder, not a table; remove it and rerun")
+    table = None if force else _cached(path, key)
+    if table is not None:
+        return table
+    check_measurable(spec, batch, dev, threads)
+    check_output_file(path, "the latency cache", fix=fix)
     if say:
         say(f"measuring a latency table for {model} at batch {batch} on {key['device']} ({key['threads']} threads)")
     table = measure_table(model, model_kwargs, names=names, batch=batch, device=dev, threads=threads, **measure_kw)
-    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(table.to_dict(), indent=1))
     table.meta["path"] = str(path)
     return table

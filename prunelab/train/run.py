@@ -64,7 +64,14 @@ def build_loaders(data: DataConfig, device, *, seed: int = 0, channels_last: boo
 
 
 def default_out(cfg: Config) -> Path:
-    return Path("runs") / f"{cfg.name}-{cfg.scale}"
+    """``runs/<name>-<scale>``; a name that is not one plain folder name (``../x``, ``a/b``) is refused,
+    since it would put the run outside ``runs/``."""
+    name = f"{cfg.name}-{cfg.scale}"
+    seps = [s for s in (os.sep, os.altsep, "\0") if s]
+    if any(s in cfg.name for s in seps):
+        raise ConfigError(f"name {cfg.name!r} names the run folder runs/<name>-<scale> and must be one plain folder "
+                          f"name (no '/'); rename it, or give the folder with --out")
+    return Path("runs") / name
 
 
 def check_resume_config(run: RunDir, cfg: Config) -> None:
@@ -97,19 +104,63 @@ def check_resume_config(run: RunDir, cfg: Config) -> None:
                           f"the original config, or use --force / another --out for a new run")
 
 
-def preflight(cfg: Config, dist_info: DistInfo = DistInfo()) -> None:
-    """Checks that need no data: the device, the batch size against the split's size, the weights to
-    start from. They run before a run directory is made, so bad input leaves nothing on disk."""
+def check_weights(path, cfg: Config, key: str) -> None:
+    """Load ``path`` into a new model of ``cfg`` as the run will (``weights_only=True``, matched against
+    the model's name, arguments and tensors), before anything is written: one line naming ``key``.
+
+    A file torch refuses to load as plain tensors is reported as such, never with torch's advice to
+    load it with ``weights_only=False`` (that would run whatever code the file holds)."""
+    import pickle
+    import warnings
+
     from ..errors import CheckpointError
 
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{key} {p} does not exist; train that checkpoint first (a bundled config's comment "
+                              f"says how) or point at another")
+    if p.is_dir() and not (p / "model.pt").is_file():
+        raise CheckpointError(f"{key} {p} is a folder without model.pt (not a finished dense run); point at a run "
+                              f"folder holding model.pt, or at a .pt file")
+    f = p / "model.pt" if p.is_dir() else p
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols on its way to refusing a file
+            warnings.simplefilter("ignore")
+            torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001  (torch raises many kinds on a file that is not a checkpoint)
+        if isinstance(e, pickle.UnpicklingError) and "Unsupported global" in str(e):  # a pickled class
+            raise CheckpointError(f"{key} {f} holds Python objects, not only tensors (torch refuses it with "
+                                  f"weights_only=True, and prunelab loads nothing else); point at a model.pt or "
+                                  f"checkpoint.pt written by prunelab") from None
+        raise CheckpointError(f"{key} {f} is corrupt or not a torch checkpoint ({type(e).__name__}); point at a "
+                              f"model.pt written by prunelab") from None
+    try:
+        load_weights(models.create(cfg.model.name, **cfg.model.kwargs), f)
+    except CheckpointError as e:
+        raise CheckpointError(f"{key}: {e}") from None
+
+
+def check_cache_dir() -> None:
+    """``$PRUNELAB_CACHE`` (or the default cache folder) must be a folder or makeable as one."""
+    from ..data.cifar import cache_dir
+    from ..utils import check_path
+
+    what = "PRUNELAB_CACHE" if os.environ.get("PRUNELAB_CACHE") else "the cache folder"
+    check_path(cache_dir(), what, writable=False,
+               fix="point PRUNELAB_CACHE at a folder (or unset it to use ~/.cache/prunelab)")
+
+
+def preflight(cfg: Config, dist_info: DistInfo = DistInfo(), *, weights: bool = True) -> None:
+    """Checks that need no data: the device, the batch size against the split's size, the weights to
+    start from (loaded and matched against the model unless ``weights`` is False), the cache folder.
+    They run before a run directory is made, so bad input leaves nothing on disk."""
     device = device_for(dist_info, cfg.train.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device is cuda but no CUDA device is available; use --set train.device=cpu")
     d = cfg.data
-    if d.root is not None:
-        from ..data.cifar import _locate
+    from ..data.cifar import _locate
 
-        _locate(d.root)  # one line naming where it looked
+    _locate(d.root)  # the data must be there before a run folder is: one line naming where it looked
     n = 10 * d.train_per_class if d.train_per_class else 50000
     if d.holdout:
         held = int(round(d.holdout * n)) if d.holdout < 1 else int(d.holdout)
@@ -127,9 +178,9 @@ def preflight(cfg: Config, dist_info: DistInfo = DistInfo()) -> None:
     if n < d.batch_size:
         raise ConfigError(f"data.batch_size ({d.batch_size}) exceeds the {n} training images; lower it or use more data")
     models.create(cfg.model.name, **cfg.model.kwargs)  # bad model arguments: one line, nothing written
-    if cfg.train.init_from and not Path(cfg.train.init_from).exists():
-        raise CheckpointError(f"train.init_from {cfg.train.init_from} does not exist; train that checkpoint first "
-                              f"or point at another")
+    check_cache_dir()
+    if cfg.train.init_from and weights:
+        check_weights(cfg.train.init_from, cfg, "train.init_from")
 
 
 def setup_runtime(cfg: Config, dist_info: DistInfo) -> torch.device:

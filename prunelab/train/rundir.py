@@ -13,7 +13,9 @@ Layout::
 
 Rules: an existing run is never overwritten unless ``resume`` (continue it) or ``force`` (move it
 aside to ``RUN.old-<time>`` and start again) is given; a second process writing to the same folder
-is refused; every file is written through a temporary file and a rename.
+is refused; every file is written through a temporary file and a rename. The folder is checked
+(:func:`check_output_dir`) before anything is created: a folder of other files is never written into,
+and ``force`` never moves the current folder, one above it or the one holding the package.
 """
 
 from __future__ import annotations
@@ -26,15 +28,50 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import RunDirBusyError, RunDirError
+from ..errors import PathError, RunDirBusyError, RunDirError
 from ..runfiles import load_checkpoint, read_metrics, summed_epoch_time  # noqa: F401  (re-exported)
-from ..utils import atomic_write_bytes, atomic_write_text, move_aside, to_jsonable
+from ..utils import (atomic_write_bytes, atomic_write_text, check_path, force_refusal, make_dirs, move_aside,
+                     to_jsonable)
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint.pt", "model.pt", "result.json")
+# what a folder may hold and still be a place for a new run: what a start that stopped before its
+# first file left behind
+START_LEFTOVERS = {".lock", "arrays"}
 
 
 def is_run(path: Path) -> bool:
     return any((Path(path) / f).exists() for f in RUN_FILES)
+
+
+def check_output_dir(path, *, force: bool = False, resume: bool = False, option: str = "--out") -> Path:
+    """Every check on the folder of a run, before anything is written there (one line each, naming the
+    folder and the fix): the path can be made and written (:func:`~prunelab.utils.check_path`);
+    ``resume`` (the user asked to continue) needs a run there; ``force`` never moves aside the current
+    folder, one above it or the package's; a folder holding other files than a run's is refused.
+
+    The Python API's ``RunDir(resume=True)`` continues a run *if* there is one (studies resume every
+    sub-run); only the command line's ``--resume`` insists, through this function's ``resume``."""
+    path = Path(path)
+    check_path(path, option)
+    if resume and not is_run(path):
+        why = "does not exist" if not path.exists() else "holds no config.yaml, checkpoint or result"
+        raise RunDirError(f"--resume: {path} {why}, so there is no run to continue; drop --resume to start "
+                          f"one, or give the run's folder with {option}")
+    if not path.is_dir():
+        return path
+    if is_run(path):
+        why = force_refusal(path) if force else None
+        if why:
+            raise PathError(f"--force would move {path} aside, and it is {why}; give {option} a folder of "
+                            f"the run's own (e.g. runs/NAME)")
+        return path
+    other = sorted(e.name for e in path.iterdir()
+                   if e.name not in START_LEFTOVERS and not (e.name.startswith(".") and e.name.endswith(".tmp")))
+    if other:
+        shown = ", ".join(other[:3]) + (f" and {len(other) - 3} more" if len(other) > 3 else "")
+        raise PathError(f"{option} {path} holds files that are not a prunelab run ({shown}); give {option} a new "
+                        f"or empty folder (--force only moves an earlier run aside; nothing was touched)")
+    return path
 
 
 class RunDir:
@@ -48,8 +85,7 @@ class RunDir:
         if rank != 0:  # only rank 0 writes; the others read the checkpoint
             self.resumed = resume and (self.path / "checkpoint.pt").exists()
             return
-        if self.path.exists() and not self.path.is_dir():
-            raise RunDirError(f"{self.path} exists and is not a directory; choose another --out")
+        check_output_dir(self.path, force=force)
         self._acquire_lock()
         if is_run(self.path):
             if resume:
@@ -70,7 +106,7 @@ class RunDir:
     def _acquire_lock(self):
         import fcntl
 
-        self.path.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.path)
         f = open(self.path / ".lock", "a+")
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -9,6 +9,11 @@ Each stage is optional and configured under ``stages:`` (see :func:`.stages.stag
       learn:    {train: {epochs: 10}}                          # methods that learn (slimming, lzr, bar, pfs)
       finetune: {train: {epochs: 5}, optim: {lr: 0.02}}        # {enabled: false} to skip
                                                                # {reinit: true}: train from scratch (PFS)
+                                                               # {kd: true}: distil from the dense network
+                                                               # (or {kd: {teacher: PATH, temperature, alpha}})
+
+Each stage takes only the keys it reads (:data:`.stages.STAGE_KEYS`, typed), and a budget given to a
+method that sets its own cost is refused (:data:`OWN_COST`): nothing in the config is silently ignored.
 
 The run directory holds ``pipeline.json`` (finished stages), ``checkpoint-<stage>.pt`` (resumable),
 ``learn.pt`` (the learned gates and the method's state), ``pruned/`` (the method's result before
@@ -25,7 +30,7 @@ from pathlib import Path
 from .. import methods, models
 from ..config import Config, dump_yaml
 from ..counting import count
-from ..errors import CheckpointError, ConfigError
+from ..errors import ConfigError
 from ..pruning.budget import Budget
 from ..train.distributed import init_from_env
 from ..train.rundir import RunDir
@@ -43,26 +48,50 @@ def _dense_cost(spec) -> dict:
     return out
 
 
-def run_pipeline(cfg: Config, out=None, *, resume: bool = False, force: bool = False, quiet: bool = False) -> dict:
-    """Run (or continue) a pruning pipeline; returns the result record also written to ``result.json``.
+# methods whose cost an option of their own sets: a budget given to them would be ignored, so it is
+# refused (ddnp, which reaches its p by training, refuses a budget that disagrees with p itself)
+OWN_COST = {"manidp": ("method.remain", "the final remain rate r*"), "plan": ("method.plan", "the plan's structure")}
 
-    The method is made (and its options checked) before anything is trained or written.
-    """
-    method = methods.from_config(cfg.method)
-    budget = Budget.parse(cfg.budget) if cfg.budget else None
-    for name in cfg.stages or {}:
-        if name not in st.STAGES:
-            raise ConfigError(f"unknown stage {name!r}; stages are {', '.join(st.STAGES)}")
-    dist_info = init_from_env()
+
+def check_budget_is_read(cfg: Config) -> None:
+    """Refuse a ``budget:`` for a method that sets its cost by an option of its own (:data:`OWN_COST`)."""
+    name = (cfg.method or {}).get("name")
+    if cfg.budget and name in OWN_COST:
+        key, what = OWN_COST[name]
+        raise ConfigError(f"method {name} ignores budget: its cost is set by {key} ({what}); remove the budget "
+                          f"(the config's budget: section, or --set budget.*) and set {key} instead")
+
+
+def preflight_pipeline(cfg: Config, dist_info) -> None:
+    """Everything the stages will need, checked before a run directory exists: each stage's config,
+    the weights the run starts from and a distillation teacher (loaded and matched against the model)."""
+    from ..train.run import check_weights
+
+    st.check_stages(cfg)
+    check_budget_is_read(cfg)
     preflight(cfg, dist_info)
     for name in st.STAGES:
         c = st.stage_config(cfg, name)
         if c is not None:
-            preflight(c, dist_info)
-    init = ((cfg.stages or {}).get("pretrain") or {}).get("init_from")
-    if init and not Path(init).exists():
-        raise CheckpointError(f"stages.pretrain.init_from {init} does not exist; train that checkpoint first (see "
-                              f"the config's comment) or point at another")
+            preflight(c, dist_info, weights=False)  # the same init weights: checked once, above
+    init = st.stage_options(cfg, "pretrain").get("init_from")
+    if init:
+        check_weights(init, cfg, "stages.pretrain.init_from")
+    kd = st.stage_options(cfg, "finetune").get("kd")
+    if isinstance(kd, dict) and kd["teacher"]:
+        check_weights(kd["teacher"], cfg, "stages.finetune.kd.teacher")
+
+
+def run_pipeline(cfg: Config, out=None, *, resume: bool = False, force: bool = False, quiet: bool = False) -> dict:
+    """Run (or continue) a pruning pipeline; returns the result record also written to ``result.json``.
+
+    The method is made (and its options checked) and every stage's settings and weights are checked
+    before anything is trained or written.
+    """
+    method = methods.from_config(cfg.method)
+    budget = Budget.parse(cfg.budget) if cfg.budget else None
+    dist_info = init_from_env()
+    preflight_pipeline(cfg, dist_info)
     method.check(models.describe(models.create(cfg.model.name, **cfg.model.kwargs)), budget)
     out = Path(out) if out else default_out(cfg)
     run = RunDir(out, resume=resume, force=force, rank=dist_info.rank, quiet=quiet)

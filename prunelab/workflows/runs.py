@@ -12,6 +12,11 @@ FINAL_DIRS = ("compact", "final")  # a static result's folder, a dynamic or gene
 
 def _check(path) -> Path:
     p = Path(path)
+    try:
+        p.is_dir()
+    except (OSError, ValueError) as e:  # a name too long for the file system, a NUL byte
+        raise RunDirError(f"{str(p)[:60]}... cannot be a run directory ({getattr(e, 'strerror', None) or e}); pass "
+                          f"the folder given to --out") from None
     if not p.is_dir() or not (p / "config.yaml").exists():
         raise RunDirError(f"{p} is not a prunelab run directory (no config.yaml); pass the folder given to --out")
     return p
@@ -136,14 +141,21 @@ def evaluate_run(path) -> dict:
 
 
 def _prepare_out(out: Path, force: bool, quiet: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file; give a folder for plan.json and weights.pt")
+    """Check the folder for a compact model before writing it (one line naming it and the fix): it can
+    be made and written, and a compact model already there is moved aside only with ``force`` (never
+    the current folder, one above it or the package's)."""
+    from ..errors import PathError
+    from ..utils import check_path, force_refusal, move_aside
+
+    check_path(out, "--out", fix="choose another --out for plan.json and weights.pt")
     if (out / "plan.json").exists() or (out / "weights.pt").exists():
         if not force:
             raise ConfigError(f"{out} already holds a compact model (plan.json / weights.pt); pass --force to move "
                               f"it aside, or choose another --out")
-        from ..utils import move_aside
-
+        why = force_refusal(out)
+        if why:
+            raise PathError(f"--force would move {out} aside, and it is {why}; give --out a folder of the compact "
+                            f"model's own")
         backup = move_aside(out, what="compact model")
         if not quiet:
             print(f"--force: moved the existing compact model to {backup}")
@@ -182,6 +194,7 @@ def compact_run(run_dir, out=None, *, force: bool = False, quiet: bool = True) -
     """
     from .. import methods  # noqa: F401
     from ..pruning.result import GeneratedResult, StaticResult, load_result
+    from ..utils import check_path
 
     run_dir = Path(run_dir)
     final = final_result_dir(run_dir)
@@ -196,8 +209,7 @@ def compact_run(run_dir, out=None, *, force: bool = False, quiet: bool = True) -
         raise ConfigError(f"{run_dir} holds a {result.kind} result (per-instance masks): it has no single compact "
                           f"network; evaluate it with prunelab eval")
     out = Path(out) if out else run_dir / "compact"
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file; give a folder for plan.json and weights.pt")
+    check_path(out, "--out", writable=False, fix="choose another --out for plan.json and weights.pt")
     if out.resolve() == final.resolve():
         return out
     _prepare_out(out, force, quiet)

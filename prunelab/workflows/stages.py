@@ -19,8 +19,8 @@ import torch
 import torch.nn as nn
 
 from .. import models
-from ..config import Config, build, deep_merge
-from ..errors import ConfigError, RunDirError
+from ..config import Config, _coerce, build, deep_merge
+from ..errors import ConfigError, RunDirError, suggest
 from ..methods import Method
 from ..pruning.budget import Budget
 from ..pruning.gates import GatedModel, strip_gates
@@ -34,7 +34,75 @@ from ..runfiles import read_record
 from ..utils import write_json
 
 STAGES = ("pretrain", "learn", "prune", "finetune")
-STAGE_KEYS = {"train", "optim", "schedule", "data", "enabled", "init_from", "reinit", "kd"}
+SECTIONS = ("train", "optim", "schedule", "data")  # merged over the top-level sections for that stage
+# the keys each stage reads: a key that only another stage reads would be ignored, so it is refused
+STAGE_KEYS = {"pretrain": {*SECTIONS, "enabled", "init_from"}, "learn": {*SECTIONS, "enabled"}, "prune": set(),
+              "finetune": {*SECTIONS, "enabled", "reinit", "kd"}}
+KD_DEFAULTS = {"teacher": None, "temperature": 4.0, "alpha": 0.9}  # BAR's T and alpha (train/distill.py)
+
+
+def _kd(value, key: str):
+    """``kd``: a boolean, or a mapping of ``teacher`` (weights; default the dense network before pruning),
+    ``temperature`` (> 0) and ``alpha`` (in [0, 1]), returned with the defaults filled in."""
+    if isinstance(value, bool):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key} must be true, false or a mapping {{teacher: PATH, temperature: T, alpha: A}}, "
+                          f"got {value!r}")
+    bad = sorted(set(value) - set(KD_DEFAULTS))
+    if bad:
+        raise ConfigError(f"{key} has no key {bad[0]!r}.{suggest(bad[0], KD_DEFAULTS)} Valid: {', '.join(KD_DEFAULTS)}")
+    kd = {**KD_DEFAULTS, **value}
+    if kd["teacher"] is not None:
+        kd["teacher"] = _coerce(kd["teacher"], str, f"{key}.teacher")
+    kd["temperature"] = _coerce(kd["temperature"], float, f"{key}.temperature")
+    kd["alpha"] = _coerce(kd["alpha"], float, f"{key}.alpha")
+    if kd["temperature"] <= 0 or not 0 <= kd["alpha"] <= 1:
+        raise ConfigError(f"{key} needs temperature > 0 and alpha in [0, 1], got {kd['temperature']} and {kd['alpha']}")
+    return kd
+
+
+def stage_options(cfg: Config, stage: str) -> dict:
+    """The checked ``stages.<stage>`` entry ({} when absent), one line on any bad key or value:
+    only the keys that stage reads, ``enabled`` and ``reinit`` booleans, ``init_from`` a path, ``kd`` a
+    boolean or a mapping (:func:`_kd`), the sections mappings (their values are checked when the
+    stage's config is built)."""
+    st = (cfg.stages or {}).get(stage)
+    if st is None:
+        return {}
+    if not isinstance(st, dict):
+        raise ConfigError(f"stages.{stage} must be a mapping of its settings, got {st!r}")
+    valid = STAGE_KEYS[stage]
+    for k in st:
+        if k not in valid:
+            readers = [s for s, keys in STAGE_KEYS.items() if k in keys]
+            names = ", ".join(f"stages.{r}" for r in readers)
+            hint = f" (only {names} read{'s' if len(readers) == 1 else ''} it)" if readers else suggest(k, valid)
+            raise ConfigError(f"stages.{stage} has no key {k!r}{hint}; valid keys of stages.{stage}: "
+                              f"{', '.join(sorted(valid)) or 'none (pruning trains nothing)'}")
+    out = {k: v for k, v in st.items() if v is not None}  # null unsets a key (e.g. one a scale block set)
+    for k in ("enabled", "reinit"):
+        if k in out:
+            out[k] = _coerce(out[k], bool, f"stages.{stage}.{k}")
+    if out.get("init_from") is not None:
+        out["init_from"] = _coerce(out["init_from"], str, f"stages.{stage}.init_from")
+    if "kd" in out:
+        out["kd"] = _kd(out["kd"], f"stages.{stage}.kd")
+    for k in SECTIONS:
+        if k in out and not isinstance(out[k], dict):
+            raise ConfigError(f"stages.{stage}.{k} must be a mapping of {k} settings, got {out[k]!r}")
+    if "init_from" in out.get("train", {}):  # a stage trains on from the previous one's weights
+        raise ConfigError(f"stages.{stage}.train.init_from is not read (each stage starts from the previous one's "
+                          f"weights); start the run from a checkpoint with stages.pretrain.init_from")
+    return out
+
+
+def check_stages(cfg: Config) -> None:
+    """Every ``stages:`` entry, before a pipeline writes anything: known stage names and typed keys."""
+    for name in cfg.stages or {}:
+        if name not in STAGES:
+            raise ConfigError(f"unknown stage {name!r}.{suggest(name, STAGES)} Stages: {', '.join(STAGES)}")
+        stage_options(cfg, name)
 
 
 def stage_config(cfg: Config, stage: str) -> Config | None:
@@ -43,18 +111,13 @@ def stage_config(cfg: Config, stage: str) -> Config | None:
     A stage's ``train``/``optim``/``schedule``/``data`` entries override the top-level sections for
     that stage only.
     """
-    st = (cfg.stages or {}).get(stage)
-    if st is None:
+    if (cfg.stages or {}).get(stage) is None:
         return None
-    if not isinstance(st, dict):
-        raise ConfigError(f"stages.{stage} must be a mapping")
-    bad = set(st) - STAGE_KEYS
-    if bad:
-        raise ConfigError(f"unknown key(s) {sorted(bad)} in stages.{stage}; valid: {', '.join(sorted(STAGE_KEYS))}")
+    st = stage_options(cfg, stage)  # checked, nulls dropped: a null section means the top-level one
     if st.get("enabled") is False:
         return None
     base = cfg.to_dict()
-    merged = deep_merge(base, {k: st[k] for k in ("train", "optim", "schedule", "data") if k in st})
+    merged = deep_merge(base, {k: st[k] for k in SECTIONS if k in st})
     merged["stages"] = {}
     return build(merged)
 
@@ -128,8 +191,7 @@ def pretrain(ctx: StageContext) -> nn.Module:
     does not depend on drawing it again). Logs the dense test accuracy."""
     cfg, run, log = ctx.cfg, ctx.run, ctx.log
     net = models.create(cfg.model.name, **cfg.model.kwargs)
-    pre = (cfg.stages or {}).get("pretrain") or {}
-    init = pre.get("init_from") or cfg.train.init_from
+    init = stage_options(cfg, "pretrain").get("init_from") or cfg.train.init_from
     if log.done("pretrain"):
         # a pretrain stage trained here saved pretrain.pt; one initialised from a checkpoint recorded it
         recorded = log.info("pretrain").get("init_from")
@@ -314,21 +376,21 @@ def reinit(model: nn.Module, seed: int) -> None:
 def _distillation(ctx: StageContext, kd):
     from ..train.distill import Distillation
 
-    kd = dict(kd) if isinstance(kd, dict) else {}
+    kd = kd if isinstance(kd, dict) else KD_DEFAULTS  # checked and completed by stage_options
     # the dense network before pruning, without the gates the learn stage attached to it
     net = ctx.net.net if isinstance(ctx.net, GatedModel) else ctx.net
     teacher = strip_gates(copy.deepcopy(net))
     if kd.get("teacher"):
         teacher = models.create(ctx.cfg.model.name, **ctx.cfg.model.kwargs)
         load_weights(teacher, kd["teacher"])
-    return Distillation(teacher, kd.get("temperature", 4.0), kd.get("alpha", 0.9))
+    return Distillation(teacher, kd["temperature"], kd["alpha"])
 
 
 def finetune(ctx: StageContext, result: PrunedResult) -> PrunedResult:
     """Fine-tune (or, with ``reinit``, train from scratch) the pruned module; save the final result to
     ``compact/`` (static) or ``final/`` (dynamic, generated). Logs the final test accuracy."""
     cfg, run, log = ctx.cfg, ctx.run, ctx.log
-    ft = (cfg.stages or {}).get("finetune") or {}
+    ft = stage_options(cfg, "finetune")
     ft_cfg = stage_config(cfg, "finetune")
     final = run.file(result.final_dir)
     if ft_cfg is not None:
