@@ -1,12 +1,10 @@
 """Measured CPU speed of ManiDP's real dynamic inference against the dense network and a static network of
 the same MACs, at batch 1 (latency per image) and batch 128 (throughput), in one run.
 
-Four networks, all eval mode with BatchNorm folded into the convs:
+Three networks, all eval mode with BatchNorm folded into the convs:
 
 * dense: the ManiDP network without its gates;
 * dynamic: :class:`prunelab.pruning.dynamic_inference.DynamicInference` (each input's kept channels only);
-* old dynamic: ``prunelab.methods.manidp.DynamicInference`` when it is still the earlier implementation
-  (for reference; skipped once it is the same class);
 * static: the dense network compacted to the dynamic network's mean kept count per layer (rounded, at
   least 1) over the measured images, keeping the channels kept most often (ties: higher mean saliency);
 * for reference, dense and static traced with TorchScript (``torch.jit.trace``, not frozen): the dynamic
@@ -43,7 +41,6 @@ from prunelab import methods, models
 from prunelab.counting import count
 from prunelab.data.cifar import load_cifar10
 from prunelab.data.loader import CifarLoader
-from prunelab.methods.manidp import DynamicInference as OldDynamicInference
 from prunelab.pruning.compact import compact, fold_batchnorm
 from prunelab.pruning.dynamic_inference import DynamicInference
 from prunelab.pruning.gates import strip_gates
@@ -129,8 +126,6 @@ def main():
     dense = strip_gates(copy.deepcopy(gated.net)).eval()
     structure = static_structure(gated, x)
     nets = {"dense": fold_batchnorm(dense), "dynamic": DynamicInference(gated)}
-    if OldDynamicInference is not DynamicInference:
-        nets["old dynamic"] = OldDynamicInference(gated)
     nets["static"] = fold_batchnorm(compact(dense, structure))
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # deprecation notice; the compact blocks' branches are fixed by design
