@@ -22,7 +22,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import PrunelabError
+from .errors import ConfigError, PrunelabError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -90,6 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="accepted for symmetry: experiments always continue")
     p.add_argument("--collect", action="store_true",
                    help="start no new training: aggregate the sub-runs already finished (partial results, marked so)")
+    p.add_argument("--smoke", action="store_true", help="with the name all: every bundled config at paper scale, a "
+                   "few steps a stage on CPU, reloaded and run (--parts picks configs); exit 1 if one fails")
+    p.add_argument("--plan", action="store_true", help="print the sub-runs, their epochs, needs and state; run nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list every sub-run with its estimated GPU-hours and the total; run nothing")
+    p.add_argument("--executor", choices=("local", "ray", "slurm"), default="local",
+                   help="where sub-runs execute: local processes (default), a Ray cluster, Slurm jobs (submitit)")
+    p.add_argument("--workers", type=_count, help="sub-runs at once (local: default one per GPU, else 1)")
+    p.add_argument("--shard", metavar="K/N", help="run only shard K of N of the sub-runs (machines sharing a disk)")
+    p.add_argument("--executor-option", dest="executor_options", action="append", default=[], metavar="KEY=VALUE",
+                   help="engine option (ray: address; slurm: partition, time_min, gpus_per_task, cpus_per_task, "
+                        "mem_gb, options_file)")
     p = sub.add_parser("latency-table", help="measure (or show the cached) per-layer latency table of a model")
     p.add_argument("model")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="ARG=VALUE", help="model argument")
@@ -256,6 +268,9 @@ def _parts(text: str | None) -> list[str] | None:
 
 
 def cmd_experiment(args) -> int:
+    if args.smoke or args.name == "all":  # the paper-scale smoke run of the bundled configs
+        from .experiments.smoke import smoke_command
+        return smoke_command(args)
     from .experiments import results_path, run
     from .utils import check_output_file, check_path
 
@@ -267,8 +282,36 @@ def cmd_experiment(args) -> int:
         check_output_file(args.results, "--results")
     else:
         check_output_file(results_path(args.name, scale), "the results file", fix="give --results FILE elsewhere")
-    run(args.name, scale, args.out, parts=parts, results=args.results, collect=args.collect)
+    if args.plan or args.dry_run:
+        from .experiments.estimate import dry_run_table
+        from .experiments.runner import Runner, plan_table
+
+        if args.dry_run:
+            print(dry_run_table(args.name, scale, parts=parts))
+        else:
+            print(plan_table(Runner(args.name, scale, args.out, parts=parts, results=args.results, quiet=True).plan()))
+        return 0
+    executor = None
+    if args.executor != "local" or args.workers or args.executor_options:
+        from .experiments.executors import make_executor
+
+        executor = make_executor(args.executor, workers=args.workers, options=_key_values(args.executor_options))
+    run(args.name, scale, args.out, parts=parts, results=args.results, collect=args.collect, executor=executor,
+        shard=args.shard)
     return 0
+
+
+def _key_values(items) -> dict:
+    """``["k=v", ...]`` -> ``{k: v}`` with numbers, booleans and null parsed as YAML."""
+    import yaml
+
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--executor-option takes KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
 
 
 def cmd_list(args) -> int:

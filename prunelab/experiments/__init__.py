@@ -161,12 +161,24 @@ def experiments() -> dict:
 
 
 def run(name: str, scale: str, out=None, *, parts=None, quiet: bool = False, results=None,
-        collect: bool = False) -> dict:
+        collect: bool = False, executor=None, shard=None) -> dict:
     """Run (or continue) study ``name``; ``collect=True`` trains nothing and aggregates the finished
-    sub-runs (the results then list what is missing under ``"missing"``)."""
+    sub-runs (the results then list what is missing under ``"missing"``). ``executor`` (see
+    :mod:`.executors`) and ``shard`` ("k/N") spread the sub-runs of the studies on the runner
+    (:mod:`.runner`)."""
+    from .runner import STUDIES, Runner, _import_studies
+
+    _import_studies()
     exps = experiments()
     if name not in exps:
         raise UnknownNameError("experiment", name, exps)
+    if name in STUDIES:
+        return Runner(name, scale, out, parts=parts, results=results, collect=collect, quiet=quiet, executor=executor,
+                      shard=shard).run()
+    if executor is not None or shard is not None:
+        raise ConfigError(f"study {name!r} is not on the study runner yet: it runs in one process (run it twice "
+                          f"for two processes); --executor, --workers and --shard work for "
+                          f"{', '.join(sorted(STUDIES))}")
     kw = {"collect": True} if collect else {}
     if collect and name not in ("bar", "pfs", "manidp", "ddnp"):
         raise ConfigError(f"--collect is supported by the bar, pfs, manidp and ddnp studies, not {name!r}")

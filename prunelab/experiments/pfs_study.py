@@ -27,16 +27,11 @@ Scales (docs/decisions.md §3.7, P8, P9):
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from .. import models
 from ..config import deep_merge, load_config
-from ..pruning.structure import Structure
-from ..runfiles import read_metrics
-from ..utils import read_json
-from ..workflows import run_pipeline, train
-from . import open_study, write_results
+from .runner import Runner, Study, SubRun, register_study
 
 SETTINGS = {
     "ci": {"model": "resnet20", "kwargs": {}, "seeds": (0, 1), "epochs": (0, 1, 2), "pretrain_epochs": 2,
@@ -100,111 +95,137 @@ def full_model_overrides(scale: str, run_i: int) -> dict:
     return over
 
 
-def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, results=None, collect=False) -> dict:
-    """Run (or continue) the PFS study at ``scale``; returns and writes the aggregated results.
-    ``collect``: train nothing, aggregate the finished sub-runs and list the missing ones."""
-    s = SETTINGS[scale]
-    out, results_file, parts, runs = open_study("pfs", scale, out, results, parts, PARTS, collect=collect,
-                                                quiet=quiet)
-    prog = runs.progress_override
-    t0 = time.time()
-    spec = models.describe(models.create(s["model"], **s["kwargs"]))
-    layers = [t.name for t in spec.select("mid")]
-    study = {"study": "pfs", "scale": scale, "model": s["model"], "layers": layers,
-             "full_widths": [spec.tensor(n).channels for n in layers], "seeds": list(s["seeds"]),
-             "model_kwargs": dict(s["kwargs"]), "epochs": list(s["epochs"]), "structures": [], "pretrain_acc": {},
-             "gate_learning": [],
-             "command": f"prunelab experiment pfs --scale {scale} --out {out}", "settings": dict(s)}
-    # structures from random weights and from pre-training checkpoints -----------------------------
-    if "structures" in parts:
-        for seed in s["seeds"]:
-            pcfg = load_config(s["model"], scale, overrides=deep_merge(prog, _pretrain_overrides(s, scale, seed)))
-            pdir = runs.get(f"pretrain-s{seed}", lambda d: train(pcfg, d, resume=True, quiet=quiet), f"seed {seed}")
-            if pdir is None:
-                continue
-            accs = {str(r["epoch"]): r.get("test_acc") for r in read_metrics(pdir)}
-            study["pretrain_acc"][str(seed)] = accs
-            for epoch in s["epochs"]:
-                gcfg = load_config("resnet20_pfs", scale,
-                                   overrides=deep_merge(prog, _gate_overrides(s, seed, pdir / f"epoch_{epoch}.pt")))
-                gdir = runs.get(f"gates-s{seed}-e{epoch}", lambda d: run_pipeline(gcfg, d, resume=True, quiet=quiet),
-                                f"structure seed {seed} epoch {epoch}")
-                if gdir is None:
-                    continue
-                res = read_json(gdir / "result.json")
-                st = Structure.load(gdir / "structure.json")
-                counts = st.counts()
-                rep = res["budget_report"]
-                learn = [m for m in read_metrics(gdir) if m.get("stage") == "learn"]
-                study["structures"].append({
-                    "seed": seed, "epoch": epoch, "widths": [counts[n] for n in layers], "macs": rep["achieved"],
-                    "reduction": 1 - rep["achieved_keep"], "density": rep.get("density_target"),
-                    "gates_from": rep.get("gates_from"), "zero_score_kept": rep.get("zero_score_kept"),
-                    "nonzero_gates": rep.get("nonzero_gates"), "source_test_acc": res.get("dense_test_acc"),
-                    "gate_epochs": len(learn), "final_density": learn[-1].get("gate_density") if learn else None,
-                })
-                study["gate_learning"].append({"seed": seed, "epoch": epoch, "metrics": learn})
-                runs.say(f"seed {seed} epoch {epoch}: widths {study['structures'][-1]['widths']}")
-    # accuracy sweeps: expansion rate (S3), pruning ratio (S4), density target (S5) -----------------
-    def sweep_run(rate: float, ratio: float, density: float, run_i: int, name: str, label: str):
-        width = int(round(16 * rate)) if s["model"].startswith("resnet") else rate
-        cfg = load_config("resnet20_pfs", scale, overrides=deep_merge(prog, {
-            "model": {"name": s["model"], "kwargs": {**s["kwargs"], "width": width}}, "train": {"seed": 100 + run_i},
-            "method": {"density_target": density}, "budget": {"reduction": ratio},
-            "stages": {"finetune": scratch_schedule(scale, ratio)}}))
-        d = runs.get(name, lambda d: run_pipeline(cfg, d, resume=True, quiet=quiet), label)
-        if d is None:
-            return None
-        res = read_json(d / "result.json")
-        # the config keeps 1 - R* as computed (the finished runs were made with it); the row reads 0.3, not 0.30000000000000004
-        row = {"rate": rate, "ratio": ratio, "density": round(density, 9), "run": run_i, "acc": res["final_test_acc"],
-               "macs": res["budget_report"]["achieved"], "reduction": 1 - res["budget_report"]["achieved_keep"],
-               "gates_from": res["budget_report"].get("gates_from"),
-               "widths": Structure.load(d / "structure.json").counts()}
-        # how far the gates got towards r decides what the sweep over r measures: record the density reached
-        learn = [m for m in read_metrics(d) if m.get("stage") == "learn"]
-        row["gate_epochs"] = len(learn)
-        row["final_density"] = learn[-1].get("gate_density") if learn else None
-        runs.say(f"{label}: {100 * row['acc']:.2f}%")
-        return row
+@register_study("pfs")
+class PFSStudy(Study):
+    """The PFS study as a plan: per seed a pre-training run with snapshots and gate learning on each
+    snapshot; the sweeps' pruned runs trained from scratch and the full model's runs."""
 
-    if "sweeps" in parts or "density" in parts:
-        sweeps = {"expansion": [], "pruning_ratio": [], "density": [], "full": []}
-        points = []
-        if "sweeps" in parts:
-            points += [(1.0, r, 1 - r) for r in s["ratios"]] + [(rate, 0.5, 0.5) for rate in s["rates"] if rate != 1.0]
-        if "density" in parts:
-            points += [(1.0, 0.5, d) for d in s["densities"] if not ("sweeps" in parts and abs(d - 0.5) < 1e-9
-                                                                      and 0.5 in s["ratios"])]
-        for run_i in range(s["runs"]):
-            for rate, ratio, density in points:
-                default = abs(density - (1 - ratio)) < 1e-9  # r = 1 - R*: the S3/S4 runs
-                name = (f"sweep-rate{rate}-ratio{ratio}-run{run_i}" if default
-                        else f"sweep-rate{rate}-ratio{ratio}-density{density}-run{run_i}")
-                row = sweep_run(rate, ratio, density, run_i, name,
-                                f"sweep rate {rate} ratio {ratio} density {density:g} run {run_i}")
-                if row is None:
+    parts = PARTS
+
+    def subruns(self, scale: str, parts: tuple) -> list[SubRun]:
+        s = SETTINGS[scale]
+        prog = {"train": {"progress": False}}
+        subs = []
+        if "structures" in parts:
+            for seed in s["seeds"]:
+                pname = f"pretrain-s{seed}"
+                subs.append(SubRun(pname, "train", lambda deps, seed=seed: load_config(
+                    s["model"], scale, overrides=deep_merge(prog, _pretrain_overrides(s, scale, seed))),
+                    part="structures", label=f"seed {seed}"))
+                for epoch in s["epochs"]:
+                    subs.append(SubRun(
+                        f"gates-s{seed}-e{epoch}", "pipeline",
+                        lambda deps, seed=seed, epoch=epoch, pname=pname: load_config("resnet20_pfs", scale, overrides=deep_merge(
+                            prog, _gate_overrides(s, seed, deps.dir(pname) / f"epoch_{epoch}.pt"))),
+                        needs=(pname,), part="structures", label=f"structure seed {seed} epoch {epoch}"))
+        if "sweeps" in parts or "density" in parts:
+            for run_i in range(s["runs"]):
+                for rate, ratio, density, name in _sweep_points(s, parts, run_i):
+                    subs.append(SubRun(name, "pipeline", lambda deps, a=(rate, ratio, density, run_i): _sweep_config(
+                        scale, *a), part="sweeps" if abs(density - (1 - ratio)) < 1e-9 else "density",
+                        label=f"sweep rate {rate} ratio {ratio} density {density:g} run {run_i}"))
+                subs.append(SubRun(f"full-run{run_i}", "train", lambda deps, run_i=run_i: load_config(
+                    s["model"], scale, overrides=deep_merge(prog, full_model_overrides(scale, run_i))),
+                    part="sweeps", label=f"full run {run_i}"))
+        return subs
+
+    def aggregate(self, scale: str, parts: tuple, records: dict, out: Path) -> dict:
+        s = SETTINGS[scale]
+        spec = models.describe(models.create(s["model"], **s["kwargs"]))
+        layers = [t.name for t in spec.select("mid")]
+        study = {"study": "pfs", "scale": scale, "model": s["model"], "layers": layers,
+                 "full_widths": [spec.tensor(n).channels for n in layers], "seeds": list(s["seeds"]),
+                 "model_kwargs": dict(s["kwargs"]), "epochs": list(s["epochs"]), "structures": [],
+                 "pretrain_acc": {}, "gate_learning": [], "settings": dict(s)}
+        if "structures" in parts:
+            for seed in s["seeds"]:
+                pre = records.get(f"pretrain-s{seed}")
+                if pre is None:
                     continue
-                if rate == 1.0 and default and "sweeps" in parts:
-                    sweeps["pruning_ratio"].append(row)
-                if ratio == 0.5 and default and "sweeps" in parts:
-                    sweeps["expansion"].append(row)
-                if rate == 1.0 and ratio == 0.5 and "density" in parts:
-                    sweeps["density"].append(row)
-            fcfg = load_config(s["model"], scale, overrides=deep_merge(prog, full_model_overrides(scale, run_i)))
-            fdir = runs.get(f"full-run{run_i}", lambda d: train(fcfg, d, resume=True, quiet=quiet), f"full run {run_i}")
-            if fdir is None:
-                continue
-            sweeps["full"].append({"run": run_i, "acc": read_json(fdir / "result.json")["final"]["test_acc"]})
-        study["sweeps"] = {k: sweeps[k] for k in ("expansion", "pruning_ratio", "density")}
-        accs = [r["acc"] for r in sweeps["full"]]
-        study["full_acc"] = sum(accs) / len(accs) if accs else None
-        study["full_runs"] = sweeps["full"]
-    study["parts"] = list(parts)
-    study["complete"], study["missing"] = not runs.missing and set(parts) == set(PARTS), runs.missing
-    study["busy"] = runs.busy
-    study["wall_time_s"] = time.time() - t0
-    study["created"] = time.strftime("%Y-%m-%d %H:%M")
-    written = write_results(results_file, study, runs.say)
-    runs.say(f"results written to {written}")
-    return study
+                study["pretrain_acc"][str(seed)] = {str(r["epoch"]): r.get("test_acc") for r in pre["metrics"]}
+                for epoch in s["epochs"]:
+                    g = records.get(f"gates-s{seed}-e{epoch}")
+                    if g is None:
+                        continue
+                    res, counts = g["result"], g["widths"]
+                    rep = res["budget_report"]
+                    learn = [m for m in g["metrics"] if m.get("stage") == "learn"]
+                    study["structures"].append({
+                        "seed": seed, "epoch": epoch, "widths": [counts[n] for n in layers], "macs": rep["achieved"],
+                        "reduction": 1 - rep["achieved_keep"], "density": rep.get("density_target"),
+                        "gates_from": rep.get("gates_from"), "zero_score_kept": rep.get("zero_score_kept"),
+                        "nonzero_gates": rep.get("nonzero_gates"), "source_test_acc": res.get("dense_test_acc"),
+                        "gate_epochs": len(learn), "final_density": learn[-1].get("gate_density") if learn else None,
+                    })
+                    study["gate_learning"].append({"seed": seed, "epoch": epoch, "metrics": learn})
+        if "sweeps" in parts or "density" in parts:
+            sweeps = {"expansion": [], "pruning_ratio": [], "density": [], "full": []}
+            for run_i in range(s["runs"]):
+                for rate, ratio, density, name in _sweep_points(s, parts, run_i):
+                    rec = records.get(name)
+                    if rec is None:
+                        continue
+                    row = _sweep_row(rec, rate, ratio, density, run_i)
+                    default = abs(density - (1 - ratio)) < 1e-9
+                    if rate == 1.0 and default and "sweeps" in parts:
+                        sweeps["pruning_ratio"].append(row)
+                    if ratio == 0.5 and default and "sweeps" in parts:
+                        sweeps["expansion"].append(row)
+                    if rate == 1.0 and ratio == 0.5 and "density" in parts:
+                        sweeps["density"].append(row)
+                full = records.get(f"full-run{run_i}")
+                if full is not None:
+                    sweeps["full"].append({"run": run_i, "acc": full["result"]["final"]["test_acc"]})
+            study["sweeps"] = {k: sweeps[k] for k in ("expansion", "pruning_ratio", "density")}
+            accs = [r["acc"] for r in sweeps["full"]]
+            study["full_acc"] = sum(accs) / len(accs) if accs else None
+            study["full_runs"] = sweeps["full"]
+        return study
+
+
+def _sweep_points(s: dict, parts: tuple, run_i: int) -> list[tuple]:
+    """``(rate, ratio, density, sub-run name)`` of the sweep points of run ``run_i``."""
+    points = []
+    if "sweeps" in parts:
+        points += [(1.0, r, 1 - r) for r in s["ratios"]] + [(rate, 0.5, 0.5) for rate in s["rates"] if rate != 1.0]
+    if "density" in parts:
+        points += [(1.0, 0.5, d) for d in s["densities"] if not ("sweeps" in parts and abs(d - 0.5) < 1e-9
+                                                                  and 0.5 in s["ratios"])]
+    out = []
+    for rate, ratio, density in points:
+        default = abs(density - (1 - ratio)) < 1e-9  # r = 1 - R*: the S3/S4 runs
+        name = (f"sweep-rate{rate}-ratio{ratio}-run{run_i}" if default
+                else f"sweep-rate{rate}-ratio{ratio}-density{density}-run{run_i}")
+        out.append((rate, ratio, density, name))
+    return out
+
+
+def _sweep_config(scale: str, rate: float, ratio: float, density: float, run_i: int):
+    s = SETTINGS[scale]
+    width = int(round(16 * rate)) if s["model"].startswith("resnet") else rate
+    return load_config("resnet20_pfs", scale, overrides=deep_merge({"train": {"progress": False}}, {
+        "model": {"name": s["model"], "kwargs": {**s["kwargs"], "width": width}}, "train": {"seed": 100 + run_i},
+        "method": {"density_target": density}, "budget": {"reduction": ratio},
+        "stages": {"finetune": scratch_schedule(scale, ratio)}}))
+
+
+def _sweep_row(rec: dict, rate: float, ratio: float, density: float, run_i: int) -> dict:
+    res = rec["result"]
+    # the config keeps 1 - R* as computed (the finished runs were made with it); the row reads 0.3, not 0.30000000000000004
+    row = {"rate": rate, "ratio": ratio, "density": round(density, 9), "run": run_i, "acc": res["final_test_acc"],
+           "macs": res["budget_report"]["achieved"], "reduction": 1 - res["budget_report"]["achieved_keep"],
+           "gates_from": res["budget_report"].get("gates_from"), "widths": rec["widths"]}
+    # how far the gates got towards r decides what the sweep over r measures: record the density reached
+    learn = [m for m in rec["metrics"] if m.get("stage") == "learn"]
+    row["gate_epochs"] = len(learn)
+    row["final_density"] = learn[-1].get("gate_density") if learn else None
+    return row
+
+
+def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, results=None, collect=False,
+        executor=None, shard=None) -> dict:
+    """Run (or continue) the PFS study at ``scale`` on the study runner (:mod:`.runner`); returns and
+    writes the aggregated results. ``collect``: train nothing, aggregate the finished sub-runs and list
+    the missing ones."""
+    return Runner("pfs", scale, out, parts=parts, results=results, collect=collect, quiet=quiet, executor=executor,
+                  shard=shard).run()
