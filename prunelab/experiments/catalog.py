@@ -153,23 +153,51 @@ def _run_entry(run: Path) -> Entry | None:
     return None
 
 
-def catalog(results_dir=RESULTS_DIR, runs=()) -> dict[str, Entry]:
+class Catalog(dict):
+    """``{key: Entry}``, plus ``skipped``: ``[(path, reason), ...]`` of the files and run folders that could
+    not be read (damaged, truncated, or of another format)."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.skipped: list[tuple[str, str]] = []
+
+
+def _reason(e: Exception) -> str:
+    msg = str(e).splitlines()[0][:160] if str(e) else ""
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+
+
+def catalog(results_dir=RESULTS_DIR, runs=(), *, quiet: bool = False) -> Catalog:
     """Every entry of the cached ``results_dir/*_<scale>.json`` files and of the pruning runs found under
-    the folders ``runs`` (searched recursively for ``result.json``)."""
+    the folders ``runs`` (searched recursively for ``result.json``). A file or run folder that cannot be
+    read is skipped with one line (unless ``quiet``) and listed in the catalog's ``skipped``: one damaged
+    run never hides the others."""
+    out = Catalog()
     entries: list[Entry] = []
+
+    def skip(path, e):
+        out.skipped.append((str(path), _reason(e)))
+        if not quiet:
+            print(f"catalog: skipped {path} ({_reason(e)})")
+
     for p in sorted(Path(results_dir).glob("*.json")):
         if p.name.endswith(".partial.json"):
             continue
         try:
             entries += _cached(p)
-        except (KeyError, TypeError, ValueError) as e:  # a file of another format: skipped, said so
-            print(f"catalog: skipped {p.name} ({type(e).__name__}: {e})")
+        except Exception as e:  # a damaged file or one of another format: skipped, said so
+            skip(p, e)
     for root in runs:
         for res in sorted(Path(root).rglob("result.json")):
-            e = _run_entry(res.parent)
+            try:
+                e = _run_entry(res.parent)
+            except Exception as err:  # garbage result.json, truncated structure.json, ...
+                skip(res.parent, err)
+                continue
             if e is not None:
                 entries.append(e)
-    return {e.key: e for e in entries}
+    out.update({e.key: e for e in entries})
+    return out
 
 
 def export_plan(entry: Entry, path) -> Path:
