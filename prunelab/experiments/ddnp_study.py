@@ -25,24 +25,25 @@ Scales:
   images every 2 epochs, held-out accuracy on 1,000 images of the other 95 %; 2 fine-tuning epochs
   (one-cycle, peak lr 0.05) for
   ``full``, ``rho=0``, ``fix_s``, ``fix_k``, ``channelwise`` and the comparison (docs/decisions.md D14).
-  Two processes can share the work (``prunelab experiment ddnp --scale cpu`` twice, one thread each;
-  then ``--collect``).
+  Two processes can share the work (``prunelab experiment ddnp --scale cpu --workers 2``, or that
+  command without ``--workers`` twice, one thread each; then ``--collect``).
 * ``ci``: a few hundred images, a few epochs: mechanics only.
+
+The study is a plan for the study runner (:mod:`.runner`): the ``dense`` sub-run, then the search runs
+``<setting>-s<seed>`` (seed-major: every setting gets its first seed before any gets its third) and
+the comparison runs ``compare-<method>-s<seed>``, all of which start from ``dense/model.pt``. A search
+run's record (:func:`search_record`) keeps its ``result.json``, metrics, widths, finished stages and
+the method's per-epoch search log; the results are aggregated from the records alone.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from .. import models
 from ..config import deep_merge, load_config
 from ..counting import block_ops_ratio, count
-from ..pruning.structure import Structure
-from ..runfiles import read_metrics
-from ..utils import read_json
-from ..workflows import run_pipeline, train
-from . import open_study, write_results
+from .runner import Runner, Study, SubRun, default_record, register_study
 
 PARTS = ("dense", "lambda", "rho", "variants", "inputs", "outputs", "compare")
 
@@ -54,6 +55,10 @@ SCALES = {
     "paper": {"model": "resnet56", "seeds": (0, 1, 2), "variant_seeds": (0, 1, 2), "compare_seeds": (0, 1, 2), "lambdas": (0.5, 2.0, 4.0, 8.0), "rhos": (0.0, 0.5, 1.0, 2.0, 5.0),
               "output_seeds": (0, 1, 2), "finetune_epochs": None, "search": {}, "dense_epochs": None},
 }
+
+# the comparison methods: (method, config, extra overrides)
+COMPARE = (("l1", "resnet20_l1", {}),
+           ("pfs", "resnet20_pfs", {"stages": {"finetune": {"reinit": False, "data": {"holdout": 0}}}}))
 
 
 def settings(scale: str) -> dict:
@@ -85,121 +90,168 @@ def _finetune(s: dict, enabled: bool) -> dict:
             "schedule": {"name": "onecycle", "warmup": 0.15}}
 
 
-def _epochs(run: Path) -> list[dict]:
-    """The search log of one run, epoch by epoch: the trainer's loss terms and accuracies merged with
-    the method's R, k, abar and widths (from its state in ``learn.pt``)."""
+def _search_runs(scale: str, parts: tuple) -> list[tuple]:
+    """``(setting, seed, its settings entry)`` of the search runs of ``parts``, seed-major (every setting
+    gets its first seed before any gets its third)."""
+    s = SCALES[scale]
+    wanted = [(name, st) for name, st in settings(scale).items() if set(st["part"]) & set(parts)]
+    return [(name, seed, st) for seed in s["seeds"] for name, st in wanted if seed in st["seeds"]]
+
+
+def _compare_runs(scale: str, parts: tuple) -> list[tuple]:
+    """``(method, config, extra overrides, seed)`` of the comparison runs (none without ``compare``)."""
+    if "compare" not in parts:
+        return []
+    return [(method, config, extra, seed) for seed in SCALES[scale]["compare_seeds"] for method, config, extra in COMPARE]
+
+
+def _layers(scale: str):
+    """``(spec, layers)``: the study model's description and the names of its prunable mid tensors."""
+    spec = models.describe(models.create(SCALES[scale]["model"]))
+    return spec, [t.name for t in spec.select("mid")]
+
+
+# ---------------------------------------------------------------------------------------------------
+# records (what is kept of a finished sub-run) and the rows made from them
+
+
+def search_record(run: Path) -> dict:
+    """The record of one finished DDNP run directory: :func:`~.runner.default_record` (``result.json``,
+    metrics, widths) with the stages it finished (``pipeline.json``) and the method's per-epoch search
+    log (R, k, abar, widths, accuracies: its state in ``learn.pt``)."""
     import torch
 
+    from ..utils import read_json
+
     state = torch.load(run / "learn.pt", map_location="cpu", weights_only=True).get("method_state", {})
-    metrics = {m["epoch"]: m for m in read_metrics(run) if m.get("stage") == "learn"}
+    return {**default_record(run), "stages_done": list(read_json(run / "pipeline.json").get("done", [])),
+            "search_log": list(state.get("log", []))}
+
+
+def _epochs(rec: dict) -> list[dict]:
+    """The search log of one run, epoch by epoch: the trainer's loss terms and accuracies merged with
+    the method's R, k, abar and widths."""
+    metrics = {m["epoch"]: m for m in rec["metrics"] if m.get("stage") == "learn"}
     rows = []
-    for rec in state.get("log", []):
-        m = metrics.get(rec["epoch"], {})
-        row = {"epoch": rec["epoch"], "ce": m.get("ce"), "resource": m.get("resource"), "alignment": m.get("alignment"),
-               "loss": m.get("train_loss"), "R_soft": rec.get("R_soft"), "R_hard": rec["R_hard"],
-               "k": [round(v, 5) for v in rec["k"]], "abar": [round(v, 5) for v in rec.get("abar", [])],
-               "widths": rec["widths"], "test_acc": rec.get("test_acc"), "val_acc": rec.get("val_acc")}
-        rows.append(row)
+    for r in rec["search_log"]:
+        m = metrics.get(r["epoch"], {})
+        rows.append({"epoch": r["epoch"], "ce": m.get("ce"), "resource": m.get("resource"),
+                     "alignment": m.get("alignment"), "loss": m.get("train_loss"), "R_soft": r.get("R_soft"),
+                     "R_hard": r["R_hard"], "k": [round(v, 5) for v in r["k"]],
+                     "abar": [round(v, 5) for v in r.get("abar", [])], "widths": r["widths"],
+                     "test_acc": r.get("test_acc"), "val_acc": r.get("val_acc")})
     return rows
 
 
-def summarize_run(run: Path, spec, layers: list[str]) -> dict:
-    """The record of one finished DDNP run directory: accuracies at every stage boundary, the extracted
-    widths, their costs (counted again from the structure), and the per-epoch search log."""
-    res = read_json(run / "result.json")
-    counts = Structure.load(run / "structure.json").counts()
-    widths = {n: counts[n] for n in layers}
+def search_row(rec: dict, spec, layers: list[str]) -> dict:
+    """The row of one DDNP run (from its :func:`search_record`): accuracies at every stage boundary, the
+    extracted widths, their costs (counted again from the widths), and the per-epoch search log."""
+    res = rec["result"]
+    widths = {n: rec["widths"][n] for n in layers}
     rep = res["budget_report"]
     return {"dense_test_acc": res["dense_test_acc"], "masked_test_acc": res["pruned_test_acc_before_finetune"],
             "extracted_test_acc": res.get("extracted_test_acc"),
-            "finetuned_test_acc": res["final_test_acc"] if "finetune" in _done(run) else None,
+            "finetuned_test_acc": res["final_test_acc"] if "finetune" in rec["stages_done"] else None,
             "widths": [widths[n] for n in layers], "macs": float(count(spec, widths=widths).macs),
             "R_hard": block_ops_ratio(spec, widths), "R_soft_last": rep.get("R_soft_last_epoch"), "p": rep["p"],
-            "selection": rep.get("selection"), "epochs": _epochs(run), "wall_time_s": res.get("wall_time_s")}
+            "selection": rep.get("selection"), "epochs": _epochs(rec), "wall_time_s": res.get("wall_time_s")}
 
 
-def _done(run: Path) -> list:
-    return read_json(run / "pipeline.json").get("done", [])
+def summarize_run(run: Path, spec, layers: list[str]) -> dict:
+    """The row of one finished DDNP run directory (:func:`search_row` of its :func:`search_record`)."""
+    return search_row(search_record(Path(run)), spec, layers)
 
 
-def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, results=None, collect=False) -> dict:
-    """Run (or continue) the DDNP study at ``scale``; writes ``results/ddnp_<scale>.json``."""
-    s = SCALES[scale]
-    out, results_file, parts, runs = open_study("ddnp", scale, out, results, parts, PARTS, collect=collect,
-                                                quiet=quiet)
-    prog = runs.progress_override
-    t0 = time.time()
-    spec = models.describe(models.create(s["model"]))
-    layers = [t.name for t in spec.select("mid")]
-    dense_over = {"model": {"name": s["model"]}}
-    if s["dense_epochs"]:
-        dense_over["train"] = {"epochs": s["dense_epochs"]}
-    dcfg = load_config("resnet20" if s["model"] == "resnet20" else s["model"], scale,
-                       overrides=deep_merge(prog, dense_over))
-    dense_dir = runs.get("dense", lambda d: train(dcfg, d, resume=True, quiet=quiet), "dense checkpoint")
-    table = settings(scale)
-    study = {"study": "ddnp", "scale": scale, "model": s["model"], "layers": layers,
-             "channels": [spec.tensor(n).channels for n in layers], "dense_macs": float(count(spec).macs),
-             "command": f"prunelab experiment ddnp --scale {scale} --out {out}", "parts": list(parts),
-             "settings": {k: {**v, "part": list(v["part"]), "seeds": list(v["seeds"])} for k, v in table.items()},
-             "scale_settings": {k: v for k, v in s.items() if k != "search"}, "search_overrides": s["search"],
-             "runs": {}, "compare": {}}
-    if dense_dir is not None:
-        dense = read_json(dense_dir / "result.json")
-        study["dense"] = {"test_acc": dense["final"]["test_acc"], "epochs": dense["epochs"],
-                          "checkpoint": str(dense_dir / "model.pt")}
-        init = {"stages": {"pretrain": {"init_from": str(dense_dir / "model.pt")}}}
-        wanted = [(name, st) for name, st in table.items() if set(st["part"]) & set(parts)]
-        for seed in s["seeds"]:  # seed-major: every setting gets its first seed before any gets its third
-            for name, st in wanted:
-                if seed not in st["seeds"]:
-                    continue
-                cfg = load_config("resnet20_ddnp", scale, overrides=deep_merge(deep_merge(prog, s["search"]), deep_merge(
-                    init, {"model": {"name": s["model"]}, "method": st["method"], "train": {"seed": seed},
-                           "stages": {"finetune": _finetune(s, st["finetune"])}})))
-                d = runs.get(f"{name}-s{seed}", lambda d, cfg=cfg: run_pipeline(cfg, d, resume=True, quiet=quiet),
-                             f"DDNP {name} seed {seed}")
-                if d is None:
-                    continue
-                rec = summarize_run(d, spec, layers)
-                study["p"] = rec["p"]
-                study["runs"][f"{name}/s{seed}"] = {"setting": name, "seed": seed, "options": st["method"], **rec}
-                acc = rec["finetuned_test_acc"] or rec["extracted_test_acc"]
-                runs.say(f"DDNP {name} seed {seed}: R {rec['R_hard']:.3f} (p {rec['p']}), "
-                         f"{rec['macs'] / 1e6:.2f} M MACs, test accuracy {100 * acc:.2f}%")
-        if "compare" in parts:
-            for seed in s["compare_seeds"]:
-                for method, config, extra in (("l1", "resnet20_l1", {}),
-                                              ("pfs", "resnet20_pfs", {"stages": {"finetune": {"reinit": False,
-                                                                                               "data": {"holdout": 0}}}})):
-                    cfg = load_config(config, scale, overrides=deep_merge(prog, deep_merge(deep_merge(init, extra), {
+def compare_row(rec: dict, method: str, seed: int, spec, layers: list[str]) -> dict:
+    """The row of one comparison run (``l1`` or PFS at 50 % MACs) from its record."""
+    res = rec["result"]
+    widths = {n: rec["widths"][n] for n in layers}
+    return {"method": method, "seed": seed, "dense_test_acc": res["dense_test_acc"],
+            "pruned_test_acc": res["pruned_test_acc_before_finetune"], "finetuned_test_acc": res["final_test_acc"],
+            "widths": [widths[n] for n in layers], "macs": float(count(spec, widths=widths).macs),
+            "R_hard": block_ops_ratio(spec, widths), "rule": res["budget_report"].get("rule")}
+
+
+# ---------------------------------------------------------------------------------------------------
+# the study
+
+
+@register_study("ddnp")
+class DDNPStudy(Study):
+    """The DDNP study as a plan: the dense checkpoint, the searches of every setting and seed, and the
+    equal-budget comparison with ``l1`` and PFS; all start from the dense checkpoint."""
+
+    parts = PARTS
+
+    def subruns(self, scale: str, parts: tuple) -> list[SubRun]:
+        s = SCALES[scale]
+        prog = {"train": {"progress": False}}
+        dense_over = {"model": {"name": s["model"]}}
+        if s["dense_epochs"]:
+            dense_over["train"] = {"epochs": s["dense_epochs"]}
+        subs = [SubRun("dense", "train", lambda deps: load_config(s["model"], scale, overrides=deep_merge(prog, dense_over)),
+                       part="dense", label="dense checkpoint")]
+
+        def init(deps) -> dict:
+            return {"stages": {"pretrain": {"init_from": str(deps.dir("dense") / "model.pt")}}}
+
+        for name, seed, st in _search_runs(scale, parts):
+            subs.append(SubRun(
+                f"{name}-s{seed}", "pipeline",
+                lambda deps, seed=seed, st=st: load_config("resnet20_ddnp", scale, overrides=deep_merge(
+                    deep_merge(prog, s["search"]), deep_merge(init(deps), {
+                        "model": {"name": s["model"]}, "method": st["method"], "train": {"seed": seed},
+                        "stages": {"finetune": _finetune(s, st["finetune"])}}))),
+                needs=("dense",), part=st["part"][0] if len(st["part"]) == 1 else ",".join(st["part"]),
+                label=f"DDNP {name} seed {seed}", summarize=search_record))
+        for method, config, extra, seed in _compare_runs(scale, parts):
+            subs.append(SubRun(
+                f"compare-{method}-s{seed}", "pipeline",
+                lambda deps, config=config, extra=extra, seed=seed: load_config(config, scale, overrides=deep_merge(
+                    prog, deep_merge(deep_merge(init(deps), extra), {
                         "model": {"name": s["model"]}, "train": {"seed": seed},
                         "budget": {"metric": "macs", "keep": 0.5, "reduction": None},
-                        "stages": {"finetune": _finetune(s, True)}})))
-                    d = runs.get(f"compare-{method}-s{seed}", lambda d, cfg=cfg: run_pipeline(cfg, d, resume=True,
-                                                                                              quiet=quiet),
-                                 f"{method} seed {seed}")
-                    if d is None:
-                        continue
-                    res = read_json(d / "result.json")
-                    counts = Structure.load(d / "structure.json").counts()
-                    widths = {n: counts[n] for n in layers}
-                    study["compare"][f"{method}/s{seed}"] = {
-                        "method": method, "seed": seed, "dense_test_acc": res["dense_test_acc"],
-                        "pruned_test_acc": res["pruned_test_acc_before_finetune"],
-                        "finetuned_test_acc": res["final_test_acc"], "widths": [widths[n] for n in layers],
-                        "macs": float(count(spec, widths=widths).macs), "R_hard": block_ops_ratio(spec, widths),
-                        "rule": res["budget_report"].get("rule")}
-                    runs.say(f"{method} seed {seed}: {100 * res['final_test_acc']:.2f}%")
-    study["missing"], study["busy"] = runs.missing, runs.busy
-    expected = sum(len(st["seeds"]) for st in table.values() if set(st["part"]) & set(parts))
-    study["complete"] = (not runs.missing and set(parts) == set(PARTS) and len(study["runs"]) == expected
-                         and len(study["compare"]) == 2 * len(s["compare_seeds"]))
-    study["wall_time_s"] = time.time() - t0
-    study["created"] = time.strftime("%Y-%m-%d %H:%M")
-    written = write_results(results_file, study, runs.say)
-    runs.say(f"results written to {written}")
-    return study
+                        "stages": {"finetune": _finetune(s, True)}}))),
+                needs=("dense",), part="compare", label=f"{method} seed {seed}"))
+        return subs
+
+    def aggregate(self, scale: str, parts: tuple, records: dict, out: Path) -> dict:
+        s = SCALES[scale]
+        spec, layers = _layers(scale)
+        table = settings(scale)
+        study = {"study": "ddnp", "scale": scale, "model": s["model"], "layers": layers,
+                 "channels": [spec.tensor(n).channels for n in layers], "dense_macs": float(count(spec).macs),
+                 "command": f"prunelab experiment ddnp --scale {scale} --out {out}", "parts": list(parts),
+                 "settings": {k: {**v, "part": list(v["part"]), "seeds": list(v["seeds"])} for k, v in table.items()},
+                 "scale_settings": {k: v for k, v in s.items() if k != "search"}, "search_overrides": s["search"],
+                 "runs": {}, "compare": {}}
+        dense = records.get("dense")
+        if dense is not None:
+            study["dense"] = {"test_acc": dense["result"]["final"]["test_acc"], "epochs": dense["result"]["epochs"],
+                              "checkpoint": str(Path(out) / "dense" / "model.pt")}
+            for name, seed, st in _search_runs(scale, parts):
+                rec = records.get(f"{name}-s{seed}")
+                if rec is None:
+                    continue
+                row = search_row(rec, spec, layers)
+                study["p"] = row["p"]
+                study["runs"][f"{name}/s{seed}"] = {"setting": name, "seed": seed, "options": st["method"], **row}
+            for method, _, _, seed in _compare_runs(scale, parts):
+                rec = records.get(f"compare-{method}-s{seed}")
+                if rec is not None:
+                    study["compare"][f"{method}/s{seed}"] = compare_row(rec, method, seed, spec, layers)
+        # filled in by the runner (listed here to keep the results file's key order)
+        study.update({"missing": [], "busy": [], "complete": False, "wall_time_s": None, "created": None})
+        return study
+
+
+def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, results=None, collect=False,
+        executor=None, shard=None) -> dict:
+    """Run (or continue) the DDNP study at ``scale`` on the study runner (:mod:`.runner`); writes
+    ``results/ddnp_<scale>.json``. ``collect``: train nothing, aggregate the finished sub-runs and list
+    the missing ones."""
+    return Runner("ddnp", scale, out, parts=parts, results=results, collect=collect, quiet=quiet, executor=executor,
+                  shard=shard).run()
 
 
 def finetune_schedule(scale: str) -> dict:
@@ -207,4 +259,5 @@ def finetune_schedule(scale: str) -> dict:
     return _finetune(SCALES[scale], True)
 
 
-__all__ = ["run", "settings", "summarize_run", "finetune_schedule", "PARTS", "SCALES"]
+__all__ = ["run", "settings", "summarize_run", "search_record", "search_row", "compare_row", "finetune_schedule",
+           "DDNPStudy", "PARTS", "SCALES"]

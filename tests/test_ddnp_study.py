@@ -1,0 +1,49 @@
+"""The DDNP study on the study runner (prunelab/experiments/ddnp_study.py): its plan names the sub-runs
+the committed results were made from, in the same order, and every config builds at every scale
+(no training here: the ci-scale numbers are compared with the old loop's by hand, see the commit)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from prunelab.experiments import RESULTS_DIR
+from prunelab.experiments import runner as R
+from prunelab.experiments.ddnp_study import PARTS, SCALES, settings
+
+
+def _configs(scale, parts=None):
+    return R.Runner("ddnp", scale, f"/nonexistent/ddnp-{scale}", results="/nonexistent/ddnp.json", quiet=True,
+                    parts=parts).configs()
+
+
+@pytest.mark.parametrize("scale", ["ci", "cpu", "paper"])
+def test_every_config_builds_and_starts_from_the_dense_checkpoint(scale):
+    states = _configs(scale)
+    assert states[0].sub.name == "dense" and all(st.config is not None for st in states)
+    expected = 1 + sum(len(st["seeds"]) for st in settings(scale).values()) + 2 * len(SCALES[scale]["compare_seeds"])
+    assert len(states) == expected
+    for st in states[1:]:
+        assert st.sub.needs == ("dense",) and st.sub.kind == "pipeline"
+        assert st.config.stages["pretrain"]["init_from"] == f"/nonexistent/ddnp-{scale}/dense/model.pt"
+        assert st.config.model.name == SCALES[scale]["model"]
+
+
+def test_plan_names_the_subruns_of_the_committed_results_in_their_order():
+    path = RESULTS_DIR / "ddnp_cpu.json"
+    if not path.exists():
+        pytest.skip("no committed cpu results")
+    committed = json.loads(path.read_text())
+    names = [st.sub.name for st in _configs("cpu")]
+    runs = [k.replace("/s", "-s") for k in committed["runs"]]
+    compare = ["compare-" + k.replace("/s", "-s") for k in committed["compare"]]
+    assert names == ["dense"] + runs + compare
+
+
+def test_parts_select_their_settings_and_always_keep_the_dense_run():
+    names = [st.sub.name for st in _configs("ci", ["rho"])]
+    assert names == ["dense", "full-s0", "rho=0-s0", "rho=5-s0"]
+    names = [st.sub.name for st in _configs("ci", ["compare"])]
+    assert names == ["dense", "compare-l1-s0", "compare-pfs-s0"]
+    assert set(R.get_study("ddnp").parts) == set(PARTS)
