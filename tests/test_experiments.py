@@ -22,9 +22,10 @@ def test_collect_without_a_teacher_is_refused(tmp_path):
     assert not (tmp_path / "bar.json").exists()
 
 
-def test_collect_is_refused_for_studies_without_it(tmp_path):
-    with pytest.raises(ConfigError, match="--collect"):
-        run("quickstart", "ci", tmp_path, quiet=True, collect=True)
+def test_quickstart_collect_trains_nothing_and_lists_what_is_missing(tmp_path):
+    res = run("quickstart", "ci", tmp_path / "runs", quiet=True, collect=True, results=tmp_path / "qs.json")
+    assert not res["complete"] and "dense resnet20" in res["missing"] and "l1" not in res
+    assert not (tmp_path / "runs" / "dense").exists()
 
 
 def test_unknown_part_is_refused_before_anything_runs(tmp_path):

@@ -14,15 +14,15 @@ and the same pruning budgeted in measured latency.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from ..config import deep_merge, load_config
 from ..pruning.structure import Structure
 from ..runfiles import read_metrics
 from ..utils import read_json
-from ..workflows import SubRuns, run_pipeline, train
-from . import check_parts, results_path, write_results
+from .runner import Runner, Study, SubRun, register_study
+
+QUIET = {"train": {"progress": False}}
 
 PARTS = ("dense", "l1", "latency")
 # 0.7, not 0.5: only the block middles are prunable and the rest of ResNet-20 costs about 40 % of its CPU
@@ -61,82 +61,139 @@ def _macs_keep_for_latency(net, spec, target_keep: float, batch: int, say) -> di
     return best
 
 
-def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, results=None) -> dict:
-    out = Path(out or f"runs/quickstart-{scale}")
-    results_file = Path(results) if results else results_path("quickstart", scale)
-    parts = check_parts("quickstart", parts, PARTS)
-    runs = SubRuns(out, quiet=quiet)
-    prog = runs.progress_override
-    dcfg = load_config("resnet20", scale, overrides=deep_merge(prog, {"train": {"epochs": 30}} if scale == "cpu" else {}))
-    dense_dir = runs.get("dense", lambda d: train(dcfg, d, resume=True, quiet=quiet))
-    init = {"stages": {"pretrain": {"init_from": str(dense_dir / "model.pt")}}}
-    lcfg = load_config("resnet20_l1", scale, overrides=deep_merge(prog, init))
-    l1_dir = runs.get("l1", lambda d: run_pipeline(lcfg, d, resume=True, quiet=quiet))
-    dense, l1 = read_json(dense_dir / "result.json"), read_json(l1_dir / "result.json")
-    from .. import methods, models
+def _dense_config(scale: str):
+    return load_config("resnet20", scale, overrides=deep_merge(QUIET, {"train": {"epochs": 30}} if scale == "cpu" else {}))
+
+
+def _l1_config(scale: str, deps, budget: dict | None = None):
+    over = {"stages": {"pretrain": {"init_from": str(deps.dir("dense") / "model.pt")}}}
+    if budget is not None:
+        over["budget"] = budget
+    return load_config("resnet20_l1", scale, overrides=deep_merge(QUIET, over))
+
+
+def _latency_budget(scale: str) -> dict:
+    import torch
+
+    lat = LATENCY[scale]
+    return {"metric": "latency", "keep": LATENCY_KEEP, "batch": lat["batch"], "threads": torch.get_num_threads()}
+
+
+def _dense_net(out: Path):
+    from .. import models
     from ..train.trainer import load_weights
 
     net = models.create("resnet20")
-    load_weights(net, dense_dir / "model.pt")
-    spec = models.describe(net)
-    scores = methods.create("l1").scores(net, spec)  # for the notebook's budget widget
-    res = {"study": "quickstart", "scale": scale, "created": time.strftime("%Y-%m-%d %H:%M"),
-           "command": f"prunelab experiment quickstart --scale {scale} --out {out}", "parts": list(parts),
-           "dense": {**dense, "metrics": read_metrics(dense_dir)},
-           "l1": {**l1, "metrics": read_metrics(l1_dir), "structure": Structure.load(l1_dir / "structure.json").to_dict(),
-                  "scores": scores}}
-    if "latency" in parts:
-        res["latency"] = _latency(scale, runs, net, spec, init, prog, quiet)
-    res["complete"] = set(parts) == set(PARTS)  # every sub-run is finished by here
-    written = write_results(results_file, res, print if not quiet else (lambda *a: None))
-    if not quiet:
-        print(f"results written to {written}")
-    return res
+    load_weights(net, out / "dense" / "model.pt")
+    return net, models.describe(net)
 
 
-def _latency(scale, runs: SubRuns, net, spec, init, prog, quiet) -> dict:
-    """Accuracy at equal measured latency: l1 budgeted in latency against l1 budgeted in MACs."""
+def _l1_record(run_dir: Path) -> dict:
+    """The l1 run's record: its result, metrics and structure, and the dense network's l1 scores (the
+    notebook's budget widget re-selects from them)."""
+    from .. import methods
+
+    net, spec = _dense_net(run_dir.parent)
+    return {"result": read_json(run_dir / "result.json"), "metrics": read_metrics(run_dir),
+            "structure": Structure.load(run_dir / "structure.json").to_dict(),
+            "scores": methods.create("l1").scores(net, spec)}
+
+
+def _latency_record(run_dir: Path) -> dict:
+    """The latency-budget run's record, with the MACs keep ratio measured to give the same latency (found
+    once by bisection and kept in the study folder: the next sub-run's config is built from it)."""
+    from ..utils import write_json
+
+    res = read_json(run_dir / "result.json")
+    tuned_file = run_dir.parent / "macs-keep-for-equal-latency.json"
+    if tuned_file.exists():
+        tuned = read_json(tuned_file)
+    else:
+        net, spec = _dense_net(run_dir.parent)
+        tuned = _macs_keep_for_latency(net, spec, res["latency"]["measured_keep"], res["budget"]["batch"], print)
+        write_json(tuned_file, tuned)
+    return {"result": res, "widths": Structure.load(run_dir / "structure.json").counts(), "tuned_macs_keep": tuned}
+
+
+def _equal_latency_record(run_dir: Path) -> dict:
+    """The MACs-budget run at equal latency; its record also holds the side-by-side timing of the dense
+    network and both fine-tuned compact networks (measured here, when the pair is complete)."""
     import torch
 
     from ..pruning.compact import load_compact
     from ..pruning.latency import latency_table, measure_latency
 
-    lat = LATENCY[scale]
+    out = run_dir.parent
+    res = read_json(run_dir / "result.json")
+    lat_res = read_json(out / "l1-latency" / "result.json")
+    scale = res.get("scale", "cpu")
+    lat = LATENCY.get(scale, LATENCY["cpu"])
+    net, spec = _dense_net(out)
     threads = torch.get_num_threads()
     table = latency_table("resnet20", {}, batch=lat["batch"], threads=threads, repeats=lat["repeats"],
-                          block_ms=lat["block_ms"], say=runs.say, progress=not quiet)
-    budget = {"metric": "latency", "keep": LATENCY_KEEP, "batch": lat["batch"], "threads": threads}
-    lcfg = load_config("resnet20_l1", scale, overrides=deep_merge(prog, {**init, "budget": budget}))
-    lat_dir = runs.get("l1-latency", lambda d: run_pipeline(lcfg, d, resume=True, quiet=quiet))
-    lat_res = read_json(lat_dir / "result.json")
-    tuned_file = runs.path("macs-keep-for-equal-latency.json")
-    if tuned_file.exists():
-        tuned = read_json(tuned_file)
-    else:
-        tuned = _macs_keep_for_latency(net, spec, lat_res["latency"]["measured_keep"], lat["batch"], runs.say)
-        from ..utils import write_json
-
-        tuned_file.parent.mkdir(parents=True, exist_ok=True)
-        write_json(tuned_file, tuned)
-    mcfg = load_config("resnet20_l1", scale, overrides=deep_merge(prog, {**init, "budget": {"metric": "macs",
-                                                                                            "keep": tuned["keep"]}}))
-    macs_dir = runs.get("l1-macs-equal-latency", lambda d: run_pipeline(mcfg, d, resume=True, quiet=quiet))
-    macs_res = read_json(macs_dir / "result.json")
-    # the two fine-tuned compact networks and the dense one, timed side by side
-    a, b = load_compact(lat_dir / "compact"), load_compact(macs_dir / "compact")
+                          block_ms=lat["block_ms"], say=print, progress=False)
+    a, b = load_compact(out / "l1-latency" / "compact"), load_compact(run_dir / "compact")
     dense_s, a_s, b_s = measure_latency(net, spec.input_size, batch=lat["batch"], repeats=lat["repeats"] + 2,
                                         others=(a, b))
+    return {"result": res, "widths": Structure.load(run_dir / "structure.json").counts(),
+            "timing": {"batch": lat["batch"], "threads": threads, "device": table.key["device"],
+                       "torch": table.key["torch"], "table_seconds_to_measure": table.meta.get("seconds_to_measure"),
+                       "dense_measured_s": dense_s, "dense_predicted_s": table.full_seconds,
+                       "latency_budget_s": a_s, "macs_budget_s": b_s}}
 
-    def row(res_, measured, label):
-        return {"label": label, "budget": res_["budget"], "macs": res_["final_cost"]["mixed"]["macs"],
-                "macs_keep": res_["final_cost"]["mixed"]["macs"] / res_["dense_cost"]["mixed"]["macs"],
-                "measured_s": measured, "measured_keep": measured / dense_s,
-                "pruned_test_acc": res_["pruned_test_acc_before_finetune"], "final_test_acc": res_["final_test_acc"],
-                "widths": Structure.load(Path(res_dir[label]) / "structure.json").counts()}
 
-    res_dir = {"latency budget": lat_dir, "MACs budget at equal latency": macs_dir}
-    return {"batch": lat["batch"], "threads": threads, "device": table.key["device"], "torch": table.key["torch"],
-            "table_seconds_to_measure": table.meta.get("seconds_to_measure"), "dense_measured_s": dense_s,
-            "dense_predicted_s": table.full_seconds, "tuned_macs_keep": tuned,
-            "prune_stage_latency": lat_res.get("latency"),
-            "rows": [row(lat_res, a_s, "latency budget"), row(macs_res, b_s, "MACs budget at equal latency")]}
+@register_study("quickstart")
+class QuickstartStudy(Study):
+    """The quickstart notebook's runs: dense, l1 at 50 % MACs, and (part ``latency``) l1 budgeted in
+    measured latency against l1 budgeted in MACs at the same measured latency."""
+
+    parts = PARTS
+
+    def subruns(self, scale: str, parts: tuple) -> list[SubRun]:
+        subs = [SubRun("dense", "train", lambda deps: _dense_config(scale), part="dense", label="dense resnet20")]
+        if True:  # the l1 run is the quickstart's point: every part set has it (as before the runner)
+            subs.append(SubRun("l1", "pipeline", lambda deps: _l1_config(scale, deps), needs=("dense",), part="l1",
+                               label="l1 at 50% MACs", summarize=_l1_record))
+        if "latency" in parts:
+            subs.append(SubRun("l1-latency", "pipeline", lambda deps: _l1_config(scale, deps, _latency_budget(scale)),
+                               needs=("dense",), part="latency", label="l1 with a latency budget",
+                               summarize=_latency_record))
+            subs.append(SubRun("l1-macs-equal-latency", "pipeline", lambda deps: _l1_config(scale, deps, {
+                "metric": "macs", "keep": deps.record("l1-latency")["tuned_macs_keep"]["keep"]}),
+                needs=("dense", "l1-latency"), part="latency", label="l1 with a MACs budget at equal latency",
+                summarize=_equal_latency_record))
+        return subs
+
+    def aggregate(self, scale: str, parts: tuple, records: dict, out: Path) -> dict:
+        res = {"study": "quickstart", "scale": scale}
+        if "dense" in records:
+            res["dense"] = {**records["dense"]["result"], "metrics": records["dense"]["metrics"]}
+        if "l1" in records:
+            r = records["l1"]
+            res["l1"] = {**r["result"], "metrics": r["metrics"], "structure": r["structure"], "scores": r["scores"]}
+        if "latency" in parts and "l1-latency" in records and "l1-macs-equal-latency" in records:
+            lat, mac = records["l1-latency"], records["l1-macs-equal-latency"]
+            t = mac["timing"]
+
+            def row(r, measured, label):
+                rr = r["result"]
+                return {"label": label, "budget": rr["budget"], "macs": rr["final_cost"]["mixed"]["macs"],
+                        "macs_keep": rr["final_cost"]["mixed"]["macs"] / rr["dense_cost"]["mixed"]["macs"],
+                        "measured_s": measured, "measured_keep": measured / t["dense_measured_s"],
+                        "pruned_test_acc": rr["pruned_test_acc_before_finetune"], "final_test_acc": rr["final_test_acc"],
+                        "widths": r["widths"]}
+
+            res["latency"] = {k: t[k] for k in ("batch", "threads", "device", "torch", "table_seconds_to_measure",
+                                                "dense_measured_s", "dense_predicted_s")}
+            res["latency"].update({"tuned_macs_keep": lat["tuned_macs_keep"],
+                                   "prune_stage_latency": lat["result"].get("latency"),
+                                   "rows": [row(lat, t["latency_budget_s"], "latency budget"),
+                                            row(mac, t["macs_budget_s"], "MACs budget at equal latency")]})
+        return res
+
+
+def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, results=None, collect=False,
+        executor=None, shard=None) -> dict:
+    """Run (or continue) the quickstart study on the study runner (:mod:`.runner`)."""
+    return Runner("quickstart", scale, out, parts=parts, results=results, collect=collect, quiet=quiet,
+                  executor=executor, shard=shard).run()

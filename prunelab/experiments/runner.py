@@ -1,8 +1,9 @@
 """The study runner: a study is a registered, declarative plan of sub-runs; one runner executes any plan.
 
 A study (``@register_study``) lists its sub-runs for a scale (:class:`SubRun`: a name, a kind — dense
-``train`` or pruning ``pipeline`` —, a config built from what it needs, and the sub-runs it needs
-first) and an ``aggregate`` that turns their records into the results file. The runner
+``train``, pruning ``pipeline`` or an ``iterative`` shrink/retrain chain —, a config built from what it
+needs, small JSON-able ``options`` for what a config does not hold, and the sub-runs it needs first)
+and an ``aggregate`` that turns their records into the results file. The runner
 
 * resolves every sub-run in order: **done** (its run directory finished; summarised into a small
   record), **reused** (no run directory, but the committed results hold a record made with the same
@@ -18,8 +19,9 @@ first) and an ``aggregate`` that turns their records into the results file. The 
 Fingerprints name a sub-run by its settings, as OpenLTH names runs by a hash of their hyper-parameters
 (facebookresearch/open_lth@2ce732f, ``foundations/desc.py``): the sha256 of its resolved config (paths,
 progress bars, device and thread settings left out), of the code of the method it trains, and of the
-fingerprints of the sub-runs it needs. A change anywhere in that chain means a new sub-run, never a
-silently reused stale one.
+fingerprints of the sub-runs it needs (and, where given, of its ``options`` without the input paths of
+:data:`NEUTRAL_OPTIONS`; for an ``iterative`` chain, of the code of its shrink rules). A change anywhere
+in that chain means a new sub-run, never a silently reused stale one.
 
 ``--shard k/N`` (the engine-free way to share a study between N machines on one filesystem): sub-run
 number *i* of the plan (in plan order) belongs to shard ``i mod N + 1``; each shard runs only its own
@@ -46,6 +48,11 @@ STUDIES: dict[str, "Study"] = {}
 # inputs lie: an input's own fingerprint stands for it)
 NEUTRAL_KEYS = (("train", "progress"), ("train", "device"), ("train", "threads"), ("train", "tensorboard"),
                 ("train", "init_from"), ("data", "root"), ("method", "plan"))
+# options of a sub-run that name its inputs' files (the needs' fingerprints stand for them)
+NEUTRAL_OPTIONS = ("init_from", "teacher")
+# the code an iterative chain runs besides its config's method: the shrink rules and the L1 score
+ITERATIVE_CODE = ("prunelab/workflows/iterative.py", "prunelab/methods/l1.py")
+KINDS = ("train", "pipeline", "iterative")
 
 
 @dataclasses.dataclass
@@ -55,20 +62,23 @@ class SubRun:
     ``config(deps)`` returns the resolved :class:`~prunelab.config.Config`; ``deps`` (:class:`Deps`) gives
     the folders and records of the sub-runs named in ``needs``. ``summarize(run_dir)`` returns the small
     JSON record kept in the results file (default :func:`default_record`); ``aggregate`` reads only
-    records, so a study can be aggregated from committed results without any run directory."""
+    records, so a study can be aggregated from committed results without any run directory.
+    ``options``: ``options(deps) -> dict`` or a dict, the task's small JSON-able options (what the
+    ``iterative`` kind shrinks and from which weights: :func:`prunelab.workflows.iterative.run_iterative`)."""
 
     name: str
-    kind: str  # "train" | "pipeline"
+    kind: str  # "train" | "pipeline" | "iterative"
     config: Callable
     needs: tuple = ()
     part: str = ""
     label: str = ""
     summarize: Callable | None = None
     epochs: int | None = None  # schedule length when the config cannot be built yet (waiting): for --plan
+    options: object = dataclasses.field(default_factory=dict)  # dict, or options(deps) -> dict
 
     def __post_init__(self):
-        if self.kind not in ("train", "pipeline"):
-            raise ValueError(f"sub-run {self.name}: kind must be train or pipeline, got {self.kind!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"sub-run {self.name}: kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
         self.label = self.label or self.name
 
 
@@ -130,7 +140,7 @@ def get_study(name: str) -> Study:
 def _import_studies():
     import importlib
 
-    for mod in ("pfs_study", "ddnp_study"):  # the studies on the runner (the others still run their own loops)
+    for mod in ("pfs_study", "ddnp_study", "quickstart_study", "bar_study"):  # the studies on the runner (the others still run their own loops)
         importlib.import_module(f".{mod}", __package__)
 
 
@@ -171,14 +181,19 @@ def method_code(cfg) -> list[str]:
     return [str(f.relative_to(REPO_ROOT))] if name and f.exists() else []
 
 
-def fingerprint(cfg, needs_fps: list[str]) -> str:
+def fingerprint(cfg, needs_fps: list[str], options: dict | None = None, kind: str | None = None) -> str:
     """sha256 of the sub-run's settings (:func:`settings_of`), its method's code and its needs'
-    fingerprints."""
+    fingerprints; then, where given, its ``options`` (without :data:`NEUTRAL_OPTIONS`) and, for an
+    ``iterative`` chain, the code of :data:`ITERATIVE_CODE` (a sub-run without options of another kind
+    hashes as before these were added)."""
     h = hashlib.sha256(json.dumps(settings_of(cfg), sort_keys=True).encode())
-    for f in method_code(cfg):
+    for f in method_code(cfg) + (list(ITERATIVE_CODE) if kind == "iterative" else []):
         h.update(f.encode() + b"\0" + (REPO_ROOT / f).read_bytes())
     for fp in needs_fps:
         h.update(fp.encode())
+    opts = {k: v for k, v in (options or {}).items() if k not in NEUTRAL_OPTIONS}
+    if opts:
+        h.update(b"options\0" + json.dumps(opts, sort_keys=True, default=str).encode())
     return h.hexdigest()
 
 
@@ -264,6 +279,7 @@ class State:
     state: str = "waiting"  # done | reused | ready | waiting | running | failed | missing | other-shard
     fingerprint: str | None = None
     config: object = None
+    options: dict = dataclasses.field(default_factory=dict)
     note: str = ""
     log: str = ""
 
@@ -316,12 +332,14 @@ class Runner:
             st.state, st.note = "waiting", "needs " + ", ".join(waiting)
             return
         try:
-            cfg = sub.config(Deps(self.out, self.records))
+            deps = Deps(self.out, self.records)
+            cfg = sub.config(deps)
+            options = dict(sub.options(deps) if callable(sub.options) else sub.options)
         except Pending as e:
             st.state, st.note = "waiting", f"needs {e}"
             return
-        st.config = cfg
-        st.fingerprint = fingerprint(cfg, [self.states[n].fingerprint for n in sub.needs])
+        st.config, st.options = cfg, options
+        st.fingerprint = fingerprint(cfg, [self.states[n].fingerprint for n in sub.needs], options, sub.kind)
         d = self.out / sub.name
         if is_done(d):
             why = filed_elsewhere(d, cfg)
@@ -366,7 +384,8 @@ class Runner:
 
     def task(self, st: State) -> Task:
         return Task(study=self.study.name, name=st.sub.name, kind=st.sub.kind, config=st.config,
-                    run_dir=str(self.out / st.sub.name), log=str(self.log_path(st.sub.name)))
+                    run_dir=str(self.out / st.sub.name), log=str(self.log_path(st.sub.name)),
+                    options=dict(st.options))
 
     def plan(self) -> list[State]:
         """Resolve every sub-run without training anything (for ``--plan``)."""
