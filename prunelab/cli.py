@@ -295,7 +295,10 @@ def cmd_experiment(args) -> int:
     if args.executor != "local" or args.workers or args.executor_options:
         from .experiments.executors import make_executor
 
-        executor = make_executor(args.executor, workers=args.workers, options=_key_values(args.executor_options))
+        options = _key_values(args.executor_options)
+        if args.executor == "slurm":  # submitit's job files beside the sub-runs (a shared filesystem)
+            options.setdefault("folder", str(Path(args.out or f"runs/{args.name}-{scale}") / "slurm"))
+        executor = make_executor(args.executor, workers=args.workers, options=options)
     run(args.name, scale, args.out, parts=parts, results=args.results, collect=args.collect, executor=executor,
         shard=args.shard)
     return 0
