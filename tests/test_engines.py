@@ -420,3 +420,45 @@ def test_real_slurm_runs_tasks_like_sequential(slurm_cluster, tmp_path, referenc
     bad = engines.SlurmExecutor(folder=tmp_path / "slurm", partition="nope")
     with pytest.raises(PrunelabError, match=r"slurm refused the job of sub-run engines/seed0: .*invalid partition"):
         bad.submit(tasks[0])
+
+
+# ---------------------------------------------------------------------------------------------------
+# a whole study through each engine: the tiny three-sub-run study of tests/test_runner.py (a dense run,
+# a pruning run from it, one whose config reads the latter's record), against its sequential run
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    from prunelab.experiments import runner as R
+    from test_runner import Tiny
+
+    R.register_study("tiny-engines")(Tiny)
+    Tiny.broken = False
+    tmp = tmp_path_factory.mktemp("tiny-seq")
+    seq = R.Runner("tiny-engines", "ci", tmp / "runs", results=tmp / "tiny.json", quiet=True).run()
+    yield seq
+    R.STUDIES.pop("tiny-engines", None)
+
+
+def _study_through(ex, tmp_path):
+    from prunelab.experiments import runner as R
+
+    try:
+        return R.Runner("tiny-engines", "ci", tmp_path / "runs", results=tmp_path / "tiny.json", quiet=True,
+                        executor=ex).run()
+    finally:
+        ex.close()
+
+
+def test_a_local_ray_instance_runs_a_study_like_the_sequential_run(tiny_study, tmp_path):
+    pytest.importorskip("ray")
+    res = _study_through(engines.RayExecutor(workers=2), tmp_path)
+    assert res["complete"] and res["acc"] == tiny_study["acc"] and res["widths"] == tiny_study["widths"]
+
+
+@pytest.mark.slurm
+def test_a_real_slurm_runs_a_study_like_the_sequential_run(slurm_cluster, tiny_study, tmp_path):
+    pytest.importorskip("submitit")
+    ex = engines.SlurmExecutor(folder=tmp_path / "slurm", partition="debug", cpus_per_task=1, time_min=10, poll_s=1)
+    res = _study_through(ex, tmp_path)
+    assert res["complete"] and res["acc"] == tiny_study["acc"] and res["widths"] == tiny_study["widths"]

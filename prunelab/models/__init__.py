@@ -3,5 +3,7 @@
 from . import bar_wrn, mobilenet, resnet_cifar, resnet_imagenet, vgg  # noqa: F401  (registration)
 from .registry import create, describe, get_entry, list_models, register_model
 from .spec import GatedTensor, ModelSpec, Op
+from .trace import TracingError, describe_traced
 
-__all__ = ["create", "describe", "get_entry", "list_models", "register_model", "GatedTensor", "ModelSpec", "Op"]
+__all__ = ["create", "describe", "get_entry", "list_models", "register_model", "GatedTensor", "ModelSpec", "Op",
+           "describe_traced", "TracingError"]

@@ -131,26 +131,47 @@ def _checked_kwargs(name: str, builder, kwargs: dict) -> dict:
     return out
 
 
-def describe(model: nn.Module, name: str | None = None) -> ModelSpec:
-    """The :class:`ModelSpec` of a model built by :func:`create` (traced at its input size).
+def describe(model: nn.Module, name: str | None = None, *, example_input=None) -> ModelSpec:
+    """The :class:`ModelSpec` of a model (its gated tensors and ops, with shapes traced at one input size).
 
-    Cached on the module, so repeated calls are free. Works on the dense model only; a compacted
-    model is described by its plan (:class:`prunelab.pruning.Structure`).
+    * A model built by :func:`create` (or named by ``name``) whose registry entry has a describer: the
+      hand-written description, at the registry's input size (or at ``example_input``'s size).
+    * Any other ``nn.Module``, given ``example_input`` (a batch it accepts): the description found by
+      tracing it with ``torch.fx`` (:func:`prunelab.models.trace.describe_traced`; its module docstring
+      lists the rules and limits). Ops the tracer cannot follow raise one
+      :class:`~prunelab.errors.ConfigError` line naming the op and module path.
+
+    Cached on the module, so repeated calls are free (a cached description at another input size than
+    ``example_input``'s is replaced). Works on the dense model only; a compacted model is described by
+    its plan (:class:`prunelab.pruning.Structure`).
     """
     if getattr(model, "prunelab_compact", False):
         raise ConfigError("a compact model is described by its plan: use Structure.cost() on the dense model's spec")
+    size = None
+    if example_input is not None:
+        if not hasattr(example_input, "shape") or len(example_input.shape) < 2:
+            raise ConfigError(f"example_input must be a batch the model accepts, e.g. torch.randn(1, 3, 32, 32); got "
+                              f"{type(example_input).__name__} {tuple(getattr(example_input, 'shape', ()))}")
+        size = tuple(example_input.shape[1:])
     cached = getattr(model, "_prunelab_spec", None)
-    if cached is not None:
+    if cached is not None and (size is None or tuple(cached.input_size) == size):
         return cached
     name = name or getattr(model, "prunelab_name", None)
-    if name is None:
-        raise ConfigError("model was not built by prunelab.models.create(); pass name= to describe()")
-    entry = get_entry(name)
-    spec = entry.describe(model)
-    spec.model = name
-    spec.family = entry.family
-    spec.input_size = entry.input_size
-    spec = trace_shapes(model, spec)
-    spec.slot_sets = {k: tuple(v) for k, v in entry.slot_sets.items()}
+    if name is not None and (name in _REGISTRY or example_input is None):
+        entry = get_entry(name)
+        spec = entry.describe(model)
+        spec.model = name
+        spec.family = entry.family
+        spec.input_size = size or entry.input_size
+        spec = trace_shapes(model, spec)
+        spec.slot_sets = {k: tuple(v) for k, v in entry.slot_sets.items()}
+    elif example_input is not None:
+        from .trace import describe_traced
+
+        spec = describe_traced(model, example_input, name=name)
+    else:
+        raise ConfigError(f"{type(model).__name__} was not built by prunelab.models.create(); describe it by tracing "
+                          f"with describe(model, example_input=<a batch it accepts>), or pass name= of a registered "
+                          f"model")
     model._prunelab_spec = spec
     return spec

@@ -146,7 +146,8 @@ def register_family(family: str):
 
 
 def family_compaction(spec: ModelSpec) -> FamilyCompaction:
-    return _FAMILIES.get(get_entry(spec.model).family, FamilyCompaction())
+    # the spec's own family first: a traced spec (family "traced") names no registered model
+    return _FAMILIES.get(spec.family or get_entry(spec.model).family, FamilyCompaction())
 
 
 class _Alive:
