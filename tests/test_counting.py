@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from prunelab import models
 from prunelab.counting import count, measure_macs
@@ -126,3 +127,24 @@ def test_regular_block_has_one_trunk_set_per_stage_and_removed_branches_cost_not
     # mixed: layer1.1.conv1 reads the union of what reached it (proj and delta 0: 8 channels)
     mops = {o["name"]: o for o in count(spec, s, residual="mixed").per_op}
     assert mops["layer1.1.conv1"]["n_in"] == 8
+
+
+TORCHVISION = ("resnet18", "mobilenet_v2", "vgg11_bn", "efficientnet_b0", "densenet121", "squeezenet1_1", "mnasnet0_5")
+
+
+@pytest.mark.parametrize("name", TORCHVISION)
+def test_traced_torchvision_models_agree_with_ptflops(name):
+    """Counting on traced descriptions (issue 27 item 7) equals ptflops' aten backend exactly. Conventions:
+    both count conv and linear multiply-accumulates only (ptflops' aten backend counts aten.convolution and
+    the matrix products; BN, activations, pooling and additions are not MACs in either); params are every
+    parameter of the model (BN affine included) in both. ptflops' ``pytorch`` backend would add BN, ReLU and
+    pooling operations, so it is not the one compared."""
+    ptflops = pytest.importorskip("ptflops")
+    torchvision = pytest.importorskip("torchvision")
+    m = getattr(torchvision.models, name)(num_classes=10).eval()
+    size = (3, 64, 64)
+    spec = models.describe(m, example_input=torch.randn(1, *size))
+    macs, params = ptflops.get_model_complexity_info(m, size, as_strings=False, backend="aten",
+                                                     print_per_layer_stat=False, verbose=False)
+    c = count(spec)
+    assert c.macs == macs and c.params == params == sum(p.numel() for p in m.parameters())

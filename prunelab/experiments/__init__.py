@@ -50,7 +50,8 @@ def open_study(name: str, scale: str, out, results, parts, valid: tuple, *, coll
 RECIPES = {
     "bar": {"configs": ["bar_wrn_teacher", "bar_wrn_bar"],
             "files": ["prunelab/experiments/bar_study.py", "prunelab/methods/bar.py", "prunelab/methods/random.py",
-                      "prunelab/workflows/iterative.py", "prunelab/methods/lzr.py"]},
+                      "prunelab/workflows/iterative.py", "prunelab/methods/lzr.py", "prunelab/methods/l1.py",
+                      "prunelab/experiments/tasks.py"]},
     "pfs": {"configs": ["resnet20", "resnet20_pfs"],
             "files": ["prunelab/experiments/pfs_study.py", "prunelab/methods/pfs.py"]},
     "quickstart": {"configs": ["resnet20", "resnet20_l1"],

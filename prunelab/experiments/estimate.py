@@ -92,7 +92,7 @@ def dry_run_rows(name: str, scale: str = "paper", parts=None, say=print) -> list
                 if key not in speed and key not in measured:
                     measured[key] = cpu_images_per_s(cfg.model.name, dict(cfg.model.kwargs or {})) * ASSUMED_GPU_SPEEDUP
                 ips = speed.get(key, measured.get(key))
-                epochs = stage_epochs(cfg, st.sub.kind)
+                epochs = stage_epochs(cfg, st.sub.kind, getattr(st, "options", None))
                 images = epochs * train_images(cfg)
                 rows.append({"study": study, "subrun": st.sub.name, "model": key, "epochs": epochs, "images": images,
                              "gpu_hours": images / ips / 3600, "note": ""})

@@ -47,7 +47,7 @@ STUDIES: dict[str, "Study"] = {}
 # config keys that do not change what a sub-run computes (where it runs, how it reports, where its
 # inputs lie: an input's own fingerprint stands for it)
 NEUTRAL_KEYS = (("train", "progress"), ("train", "device"), ("train", "threads"), ("train", "tensorboard"),
-                ("train", "init_from"), ("data", "root"), ("method", "plan"))
+                ("train", "init_from"), ("data", "root"), ("method", "plan"), ("method", "teacher"))
 # options of a sub-run that name its inputs' files (the needs' fingerprints stand for them)
 NEUTRAL_OPTIONS = ("init_from", "teacher")
 # the code an iterative chain runs besides its config's method: the shrink rules and the L1 score
@@ -257,11 +257,14 @@ def parse_shard(shard: str | None) -> tuple[int, int] | None:
     return k, n
 
 
-def stage_epochs(cfg, kind: str) -> int:
-    """Epochs a sub-run trains: dense training's ``train.epochs``; a pipeline's enabled training stages
-    (a pretrain stage that loads weights trains nothing)."""
+def stage_epochs(cfg, kind: str, options: dict | None = None) -> int:
+    """Epochs a sub-run trains: dense training's ``train.epochs``; an iterative chain's ``train.epochs``
+    per step times its ``options["steps"]``; a pipeline's enabled training stages (a pretrain stage that
+    loads weights trains nothing)."""
     if kind == "train":
         return int(cfg.train.epochs)
+    if kind == "iterative":
+        return int(cfg.train.epochs) * int((options or {}).get("steps", 1))
     from ..workflows.stages import stage_config
 
     total = 0
@@ -405,6 +408,7 @@ class Runner:
             st = State(sub)
             try:
                 st.config = sub.config(Deps(self.out, {}))
+                st.options = dict(sub.options(Deps(self.out, {})) if callable(sub.options) else sub.options)
             except Pending as e:
                 st.note = f"config needs the record of {e}"
             out.append(st)
@@ -509,7 +513,7 @@ def plan_table(states: list[State]) -> str:
     """``--plan``: one line per sub-run (name, part, kind, epochs, needs, state)."""
     rows = [("sub-run", "part", "kind", "epochs", "needs", "state")]
     for st in states:
-        ep = stage_epochs(st.config, st.sub.kind) if st.config is not None else st.sub.epochs
+        ep = stage_epochs(st.config, st.sub.kind, st.options) if st.config is not None else st.sub.epochs
         rows.append((st.sub.name, st.sub.part, st.sub.kind, "?" if ep is None else str(ep),
                      ",".join(st.sub.needs) or "-", st.state + (f" ({st.note})" if st.note else "")))
     w = [max(len(r[i]) for r in rows) for i in range(5)]

@@ -16,14 +16,17 @@ import sys
 import traceback
 from pathlib import Path
 
-KINDS = ("train", "pipeline")
+KINDS = ("train", "pipeline", "iterative")
 
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-    """A sub-run to execute: ``kind`` "train" (dense training, :func:`prunelab.workflows.train`) or
-    "pipeline" (a pruning run, :func:`prunelab.workflows.run_pipeline`) of ``config`` in ``run_dir``,
-    its output appended to ``log``; ``cpus`` threads and ``gpus`` devices (0: CPU)."""
+    """A sub-run to execute: ``kind`` "train" (dense training, :func:`prunelab.workflows.train`),
+    "pipeline" (a pruning run, :func:`prunelab.workflows.run_pipeline`) or "iterative" (a chain of
+    shrink/retrain steps, :func:`prunelab.workflows.iterative.run_iterative`, told what to shrink and from
+    which weights by ``options``) of ``config`` in ``run_dir``, its output appended to ``log``; ``cpus``
+    threads and ``gpus`` devices (0: CPU). ``options``: a small JSON-able dict of what the config does
+    not hold (only the ``iterative`` kind reads it)."""
 
     study: str
     name: str
@@ -33,6 +36,7 @@ class Task:
     log: str
     cpus: int = 1
     gpus: int = 0
+    options: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -60,6 +64,10 @@ def execute(task: Task) -> str:
     torch.set_num_threads(max(1, int(task.cpus)))
     if task.kind == "train":
         train(task.config, task.run_dir, resume=True, quiet=True)
+    elif task.kind == "iterative":
+        from ..workflows.iterative import run_iterative
+
+        run_iterative(task.config, task.run_dir, dict(task.options), quiet=True)
     else:
         run_pipeline(task.config, task.run_dir, resume=True, quiet=True)
     return task.run_dir

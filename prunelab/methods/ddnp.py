@@ -67,6 +67,7 @@ from ..pruning.gates import Controller, GatedModel, GeneratedGate, attach_gates,
 from ..pruning.result import GeneratedResult, SelectReport
 from . import register
 from .base import Method
+from .l1 import filter_l1
 from .options import Literal, MethodOptions, dataclass, field
 
 OFFSET = 3.0  # b: start from (nearly) the whole network, sigmoid(3) = 0.953 (supplement Eq. 2)
@@ -485,7 +486,7 @@ class DisentangledPruning(Method):
         if o.variant == "fix_s" and o.fix_s_score == "l1":
             with torch.no_grad():  # data-free: the L1 norm of each channel's conv1 filter, scaled to [-3, 3]
                 for j, t in enumerate(tensors):
-                    l1 = net.get_submodule(t.conv).weight.detach().abs().flatten(1).sum(1)
+                    l1 = filter_l1(net.get_submodule(t.conv))
                     controller.fixed_score[j, : t.channels] = _scaled(l1)
         return attach_gates(net, lambda t: GeneratedGate(t.channels), names=names, controller=controller)
 

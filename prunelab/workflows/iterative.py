@@ -4,7 +4,9 @@ Each step is its own resumable run directory (``<out>/step<k>``) holding ``compa
 retrained weights), ``metrics.jsonl`` and ``result.json`` (test accuracy before and after retraining).
 The retrained compact network is expanded back to a dense one with zeros in the pruned channels
 (:func:`prunelab.pruning.compact.expand`), so the next step's ``shrink`` sees every channel.
-BAR's iterative random and weight-magnitude baselines (supplement §3.2) are built on it.
+BAR's iterative random and weight-magnitude baselines (supplement §3.2) are built on it: their shrink
+rules are the named functions of :data:`SHRINK_RULES`, and :func:`run_iterative` runs one whole chain of
+steps as one sub-run of a study (the ``iterative`` task kind of :mod:`prunelab.experiments.tasks`).
 """
 
 from __future__ import annotations
@@ -82,4 +84,124 @@ def iterative_prune(cfg: Config, out, *, init_from, steps: int, shrink: Shrink, 
         say(f"{stage} step {step}: accuracy before retraining {100 * rows[-1]['accuracy_before_finetune']:.2f}%, "
             f"after {100 * rows[-1]['accuracy']:.2f}%")
         dense = expand(pruned.cpu(), structure)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------
+# shrink rules (BAR's iterative baselines)
+
+
+def halve(structure: Structure, spec, scores: dict | None, rng: np.random.Generator) -> Structure:
+    """Keep half (``len(alive) // 2``, at least 1) of the alive channels of every gated tensor; the
+    contributors of a residual trunk share one mask (L6). ``scores`` None: a uniform draw without
+    replacement from ``rng``; otherwise the channels with the largest score, summed over a trunk's
+    contributors (ties: the lower index first)."""
+    new = {}
+    trunk_of = {n: tid for tid, members in spec.trunks().items() for n in members}
+    groups: dict = {}
+    for t in spec.tensors:
+        groups.setdefault(trunk_of.get(t.name, t.name), []).append(t.name)
+    for key, members in groups.items():
+        alive = structure.alive[members[0]]
+        n = max(1, len(alive) // 2)
+        if scores is None:
+            keep = rng.choice(alive, n, replace=False)
+        else:
+            s = np.sum([scores[m][alive] for m in members], axis=0)
+            keep = alive[np.lexsort((alive, -s))[:n]]
+        for m in members:
+            new[m] = np.sort(keep)
+    return structure.with_alive(new)
+
+
+def shrink_random(structure: Structure, spec, dense, rng: np.random.Generator) -> Structure:
+    """Iterative random pruning (BAR supplement §3.2, "Random"): keep a uniformly random half of the
+    alive channels of every gated tensor (one draw per residual trunk, shared by its contributors),
+    drawn from ``rng`` (the chain's seeded generator). ``dense`` is not looked at."""
+    return halve(structure, spec, None, rng)
+
+
+def shrink_wm(structure: Structure, spec, dense, rng: np.random.Generator) -> Structure:
+    """Iterative weight-magnitude pruning (BAR supplement §3.2, "WM"; the criterion of Li et al. 2017):
+    keep the half of the alive channels of every gated tensor whose filters in ``dense`` have the
+    largest L1 norm (:func:`prunelab.methods.l1.l1_scores`, raw norms; a residual trunk ranks by the sum
+    of its contributors' norms; ties: the lower index). ``rng`` is not drawn from."""
+    from ..methods.l1 import l1_scores
+
+    return halve(structure, spec, l1_scores(dense, spec), rng)
+
+
+SHRINK_RULES: dict[str, Shrink] = {"random": shrink_random, "wm": shrink_wm}
+
+
+def shrink_rule(name: str) -> Shrink:
+    """The registered shrink rule ``name`` (:data:`SHRINK_RULES`)."""
+    from ..errors import UnknownNameError
+
+    if name not in SHRINK_RULES:
+        raise UnknownNameError("shrink rule", name, SHRINK_RULES)
+    return SHRINK_RULES[name]
+
+
+# ---------------------------------------------------------------------------------------------------
+# a whole chain as one run directory (a study's sub-run)
+
+
+def run_iterative(cfg: Config, out, options: dict, *, quiet: bool = True) -> dict:
+    """Run (or continue) a chain of :func:`iterative_prune` steps in ``out`` as one run directory:
+    ``config.yaml`` (the retraining config), the step folders, and, once every step is finished,
+    ``result.json`` (each step's test accuracy before and after retraining). Holds ``out``'s lock while it
+    runs (a second process gets :class:`~prunelab.errors.RunDirBusyError`).
+
+    ``options`` (JSON-able; the ``options`` of an ``iterative`` task):
+
+    * ``shrink``: a name in :data:`SHRINK_RULES`; ``steps``: how many rounds;
+    * ``init_from``: the dense weights the first step starts from;
+    * ``teacher`` (optional): weights to distil from in every retraining, with ``kd_temperature`` and
+      ``kd_alpha`` (a :class:`~prunelab.train.distill.Distillation` hook); none: no distillation;
+    * ``stage`` / ``stage_names``: the steps' stage names in the metrics logs; ``seed``: the shrink
+      rule's random generator (default 0).
+
+    Returns the ``result.json`` record."""
+    from ..config import dump_yaml
+    from ..utils import atomic_write_text
+
+    out = Path(out)
+    shrink = shrink_rule(options["shrink"])
+    steps = int(options["steps"])
+    hooks = []
+    if options.get("teacher"):
+        from ..train.distill import Distillation
+
+        teacher = models.create(cfg.model.name, **cfg.model.kwargs)
+        load_weights(teacher, options["teacher"])
+        hooks = [Distillation(teacher, options["kd_temperature"], options["kd_alpha"])]
+    if not (out / "config.yaml").exists():  # first: a folder of step runs is then a run folder to resume
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.yaml", dump_yaml(cfg))
+    with RunDir(out, resume=True):
+        rows = iterative_prune(cfg, out, init_from=options["init_from"], steps=steps, shrink=shrink,
+                               stage=options.get("stage", "step"), stage_names=options.get("stage_names"),
+                               seed=int(options.get("seed", 0)), hooks=hooks,
+                               say=(lambda *a: None) if quiet else print)
+        res = {"shrink": options["shrink"], "distilled": bool(options.get("teacher")),
+               "steps": [{"step": r["step"], "final_test_acc": r["accuracy"],
+                          "pruned_test_acc_before_finetune": r["accuracy_before_finetune"]} for r in rows],
+               "final_test_acc": rows[-1]["accuracy"]}
+        write_json(out / "result.json", res)
+    return res
+
+
+def read_steps(out, steps: int | None = None) -> list[dict]:
+    """The finished steps of a chain in ``out`` (in order, stopping at the first unfinished one; at most
+    ``steps``), read from their folders only, as :func:`iterative_prune` returns them: ``step``,
+    ``structure``, ``accuracy``, ``accuracy_before_finetune``, ``metrics``."""
+    out, rows, step = Path(out), [], 1
+    while (steps is None or step <= steps) and is_done(out / f"step{step}"):
+        d = out / f"step{step}"
+        res = read_json(d / "result.json")
+        rows.append({"step": step, "structure": Structure.load(d / "compact" / "plan.json"),
+                     "accuracy": res["final_test_acc"], "accuracy_before_finetune": res["pruned_test_acc_before_finetune"],
+                     "metrics": read_metrics(d)})
+        step += 1
     return rows
