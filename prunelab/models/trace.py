@@ -422,24 +422,11 @@ class _Tracer:
             return self.unary(node, zero=True)
         if name in _NONZERO_FUNCS:
             return self.unary(node, zero=False, why=f"{self.opname(node)} at {self.where(node)}")
-        if name in _ADD:
-            return self.add(node)
-        if name in _MUL:
-            return self.mul(node)
-        if name in _DIV:
-            return self.div(node)
-        if name in _CAT:
-            return self.cat(node)
-        if name in _RESHAPE:
-            return self.reshape(node)
-        if name in _REDUCE:
-            return self.reduce(node)
-        if name in _CLAMP:
-            return self.clamp(node)
-        if name == "getitem":
-            return self.getitem(node)
-        if name == "pad":
-            return self.pad(node)
+        for names, handle in ((_ADD, self.add), (_MUL, self.mul), (_DIV, self.div), (_CAT, self.cat),
+                              (_RESHAPE, self.reshape), (_REDUCE, self.reduce), (_CLAMP, self.clamp),
+                              (("getitem",), self.getitem), (("pad",), self.pad)):
+            if name in names:
+                return handle(node)
         if name in ("permute", "transpose", "movedim", "swapaxes", "swapdims"):
             self.refuse(node, "moves the channel dimension (e.g. a channel shuffle or attention); channel pruning "
                               "cannot follow it")
