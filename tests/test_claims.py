@@ -246,10 +246,16 @@ def test_manidp_results_are_cpu_scale_real_data(manidp):
 # stable claim ids of prunelab.analysis.manidp.claims that are tests (the others are reported)
 MANIDP_CLAIMS = ("dynamic_beats_static", "dynamic_vs_l1", "masks_differ", "cost_tracks_difficulty", "lsim_aligns",
                  "lambda_by_complexity", "kept_ratio_at_target")
-# claims that do not hold in the committed cpu results, with their numbers. The committed results are the
-# first cpu protocol's (6 epochs at lr 0.02 from the 30-epoch ResNet-20) until the issue-31 study lands
+# claims that do not hold in the committed cpu results (issue 31's 30-epoch protocol from the 30-epoch
+# ResNet-20: 2 seeds of ManiDP with L_sim and of the static mask, 1 of ManiDP without L_sim and of l1), with
+# their numbers: at cpu scale the masks stay near-static and the static controls tie or win
 MANIDP_XFAIL = {
-    "cost_tracks_difficulty": "first cpu protocol: Spearman(per-image MACs, pretrained loss) 0.076 <= 0.2",
+    "dynamic_beats_static": "ManiDP 85.36 +- 1.06 % (n=2) vs static mask 85.23 +- 0.32 % (n=2): accuracy holds, but "
+                            "mean MACs differ by 1.13 % (15.90 vs 15.72 M), just outside the 1 % match",
+    "dynamic_vs_l1": "ManiDP 85.36 % (n=2) at 15.90 M vs l1 85.68 % (n=1) at 15.17 M mean MACs",
+    "masks_differ": "mean pairwise Jaccard of kept sets 0.906 / 0.912 (seeds 0 / 1) >= 0.8",
+    "cost_tracks_difficulty": "Spearman(per-image MACs, pretrained loss) 0.191 / 0.206 (seeds 0 / 1), mean 0.198 <= 0.2",
+    "kept_ratio_at_target": "mean kept-channel ratio 0.471 against the nominal remain rate r* = 0.6",
 }
 
 

@@ -27,7 +27,7 @@ NOTEBOOK_KEYS = {
     "ddnp": {"runs", "compare", "settings", "layers", "channels", "p", "dense", "model"},
 }
 # files made before fingerprints were recorded (each still names its command and commit)
-PREDATES_FINGERPRINTS = {"manidp_cpu.json"}
+PREDATES_FINGERPRINTS: set[str] = set()
 # files whose study's recipe (configs or code files) changed since they were made: their notebooks warn;
 # rerunning the study's command (or --collect on its run folders) refreshes them
 RECIPE_CHANGED = {"bar_cpu.json": "the BAR study moved onto the runner; its recipe now also lists methods/l1.py "

@@ -304,9 +304,11 @@ class ManifoldDynamicPruning(Method):
         from ..models.registry import describe
 
         spec = describe(net)
-        conv_in = {op.writes: op.in_channels for op in spec.ops if op.writes}
+        # the predictor reads the input of the conv that produces the tensor (t.conv); a depthwise conv that
+        # also writes the tensor (MobileNetV2) has the tensor's own width as input, not the producer's
+        conv_in = {op.name: op.in_channels for op in spec.ops}
         init, std = self.options.predictor_init, self.options.predictor_init_std
-        return attach_gates(net, lambda t: ManiDPGate(t.channels, SaliencyPredictor(conv_in[t.name], t.channels, init,
+        return attach_gates(net, lambda t: ManiDPGate(t.channels, SaliencyPredictor(conv_in[t.conv], t.channels, init,
                                                                                     std),
                                                       relu_descriptor=t.slot != "delta"), self.slots(spec))
 
