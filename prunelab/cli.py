@@ -10,6 +10,12 @@
     prunelab experiment bar|pfs [--scale S]       a supplement study; results/<name>_<scale>.json
     prunelab list [models|methods|configs]
 
+Every command takes ``--import MODULE`` (repeatable, before or after the command's name): a module name
+or a path to a .py file imported first, so that the models, methods and studies it registers are
+usable (:mod:`prunelab.plugins`; installed packages' ``prunelab.plugins`` entry points load by
+themselves). ``train`` and ``prune`` record the imports in the run's ``config.yaml`` and plans, so
+``eval``, ``info``, ``compact`` and the explorer reload the run without them.
+
 Bad input (unknown names, invalid numbers, missing data, incompatible checkpoints, unusable paths,
 a full disk) prints one line and exits with code 2; a run folder is checked before it is created.
 """
@@ -112,7 +118,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="measure again even if a cached table exists")
     p = sub.add_parser("list", help="list models, methods or bundled configs")
     p.add_argument("what", nargs="?", choices=("models", "methods", "configs"), default="models")
+    # the same option on the main parser and on every command, under two names: a subparser's default
+    # would otherwise overwrite what was given before the command's name
+    _add_import(ap, "imports_before")
+    for p in sub.choices.values():
+        _add_import(p, "imports")
     return ap
+
+
+def _add_import(p, dest: str) -> None:
+    p.add_argument("--import", dest=dest, action="append", default=[], metavar="MODULE",
+                   help="import a module (dotted name) or a .py file first, so the models, methods and studies it "
+                        "registers are usable (repeatable)")
 
 
 def _scale(args):
@@ -127,7 +144,10 @@ def _run_config(args):
     from .config import check_set_conflicts, default_scale, load_config
 
     check_set_conflicts(args.sets)
-    return load_config(args.config, args.scale, args.sets, default_scale=None if args.scale else default_scale())
+    cfg = load_config(args.config, args.scale, args.sets, default_scale=None if args.scale else default_scale())
+    if args.imports:  # recorded in config.yaml: eval, compact and resumed runs import them again
+        cfg.model.imports = list(dict.fromkeys([*cfg.model.imports, *args.imports]))
+    return cfg
 
 
 def _run_out(args, cfg) -> Path:
@@ -362,6 +382,11 @@ def main(argv=None) -> int:
     except SystemExit as e:  # a usage error (one line, see _Parser) or --help
         return e.code
     try:
+        from .plugins import export_to_children, load_plugins
+
+        args.imports = load_plugins([*args.imports_before, *args.imports])
+        if args.imports:
+            export_to_children(args.imports)  # a study's workers run in processes of their own
         return COMMANDS[args.cmd](args)
     except PrunelabError as e:
         print(f"prunelab: error: {' '.join(str(e).split())}", file=sys.stderr)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import ConfigError, suggest
+from .errors import ConfigError, UnknownNameError, suggest
 
 SCALES = ("ci", "cpu", "paper")
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -51,12 +51,25 @@ class DataConfig:
     augment: bool = True
     batch_size: int = 128
     eval_batch_size: int = 1000
+    # your own data instead of CIFAR-10: "module.path:function", called with ``kwargs``; it returns
+    # (train, test) datasets or DataLoaders, or {"train", "test"[, "val"]} (see prunelab.data.adapters)
+    builder: str | None = None
+    kwargs: dict = field(default_factory=dict)
 
 
 @dataclass
 class ModelConfig:
+    """The network: a registered model (``name``, :func:`prunelab.models.list_models`) or one of your own."""
+
     name: str = "resnet20"
     kwargs: dict = field(default_factory=dict)
+    # your own model: "module.path:function", called with ``kwargs``, returning an nn.Module that is described
+    # by tracing at ``input_shape`` ([C, H, W], default [3, 32, 32]); the model is named by the path
+    builder: str | None = None
+    input_shape: list | None = None
+    # modules or .py files imported before the model and method are made (``--import`` adds to a run's
+    # config.yaml, so that a fresh process reloads the run without it)
+    imports: list = field(default_factory=list)
 
 
 @dataclass
@@ -126,7 +139,19 @@ class Config:
     notes: str = ""
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The config as plain data; keys added after results were committed are left out while at their
+        default (:data:`OMIT_AT_DEFAULT`), so every fingerprint hashed from this dict stays as it was."""
+        d = dataclasses.asdict(self)
+        for (sec, key), default in OMIT_AT_DEFAULT.items():
+            if sec in d and key in d[sec] and d[sec][key] == default:
+                del d[sec][key]
+        return d
+
+
+# (section, key) -> default: config keys newer than the committed results' fingerprints; left out of
+# ``Config.to_dict`` at their default so that studies made before them stay current
+OMIT_AT_DEFAULT = {("data", "builder"): None, ("data", "kwargs"): {}, ("model", "builder"): None,
+                   ("model", "input_shape"): None, ("model", "imports"): []}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -140,20 +165,19 @@ def _check(cond: bool, key: str, msg: str) -> None:
 
 def validate(cfg: Config) -> Config:
     """Range checks; raise ConfigError with the key and a fix."""
-    from .models import list_models
-
     _check(cfg.scale in SCALES, "scale", f"must be one of {SCALES}, got {cfg.scale!r}")
     d, o, s, t = cfg.data, cfg.optim, cfg.schedule, cfg.train
-    _check(d.dataset == "cifar10", "data.dataset", f"must be 'cifar10' (the only dataset so far), got {d.dataset!r}")
+    _check(d.builder is not None or d.dataset == "cifar10", "data.dataset",
+           f"must be 'cifar10' (the built-in dataset), got {d.dataset!r}; for other data set data.builder to "
+           f"'module.path:function' (with data.builder, data.dataset is only a label)")
+    _check_builder(d)
     _check(d.batch_size >= 1, "data.batch_size", f"must be >= 1, got {d.batch_size}")
     _check(d.eval_batch_size >= 1, "data.eval_batch_size", f"must be >= 1, got {d.eval_batch_size}")
     for k in ("train_per_class", "test_per_class", "val_per_class"):
         v = getattr(d, k)
         _check(v is None or 1 <= v <= 5000, f"data.{k}", f"must be between 1 and 5000 (or null), got {v}")
     _check(d.holdout >= 0, "data.holdout", f"must be >= 0, got {d.holdout}")
-    if cfg.model.name not in list_models():
-        raise ConfigError(f"model.name: unknown model {cfg.model.name!r}.{suggest(cfg.model.name, list_models())} "
-                          f"Valid models: {', '.join(list_models())}")
+    _check_model(cfg.model)
     _check(o.name in ("sgd", "adam", "adamw"), "optim.name", f"must be sgd, adam or adamw, got {o.name!r}")
     _check(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr} (try --set optim.lr=0.1)")
     _check(0 <= o.momentum < 1, "optim.momentum", f"must be in [0, 1), got {o.momentum}")
@@ -208,6 +232,58 @@ def validate(cfg: Config) -> Config:
            f"({d.val_per_class}) picks from the held-out part, but data.holdout is 0; set data.holdout or drop it "
            f"(--set data.val_per_class=null)")
     return cfg
+
+
+BUILDER_RE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+def _check_model(m: ModelConfig) -> None:
+    """The model can be had: ``model.imports`` are imported (recorded as absolute paths), ``model.builder``
+    resolves to a function (the model is then named by it), or ``model.name`` is registered (after the
+    ``prunelab.plugins`` entry points). The builder is not called here (preflight builds the model)."""
+    from .models import registry
+    from .plugins import load_recorded
+
+    _check(all(isinstance(i, str) for i in m.imports), "model.imports",
+           f"must list module names and .py files, got {m.imports!r}")
+    m.imports = load_recorded(m.imports, "model.imports")
+    if m.builder is None and ":" in m.name:  # model.name: "module:function" is a builder too
+        m.builder = m.name
+    if m.builder is None:
+        _check(m.input_shape is None, "model.input_shape",
+               f"is the input size of a model.builder model, and model {m.name!r} is registered with its own; drop "
+               f"model.input_shape or set model.builder")
+        try:
+            registry.get_entry(m.name)
+        except UnknownNameError:
+            raise ConfigError(str(registry.unknown_model(m.name, "model.name: "))) from None
+        return
+    _check(bool(BUILDER_RE.fullmatch(m.builder)), "model.builder",
+           f"must be 'module.path:function' (an importable module and the function in it that returns the "
+           f"network), got {m.builder!r}")
+    _check(m.name in (ModelConfig.name, m.builder), "model.name",
+           f"is {m.name!r}, but a model.builder model is named by its builder ({m.builder!r}); drop model.name, or "
+           f"register the function with prunelab.models.register_model and give only model.name")
+    m.name = m.builder
+    shape = m.input_shape if m.input_shape is not None else list(registry.DEFAULT_INPUT_SIZE)
+    registry.use_builder(m.builder, registry._input_size(shape, "model.input_shape"))
+
+
+def _check_builder(d: DataConfig) -> None:
+    """``data.builder`` is "module.path:function"; without it, ``data.kwargs`` would be ignored. With it,
+    the per-class subsets (CIFAR-10's class-balanced picks) are refused: they would read every label."""
+    if d.builder is None:
+        _check(not d.kwargs, "data.kwargs", f"are the arguments of data.builder, which is not set; set data.builder "
+                                            f"to 'module.path:function' or drop data.kwargs (got {d.kwargs!r})")
+        return
+    _check(bool(BUILDER_RE.fullmatch(d.builder)), "data.builder",
+           f"must be 'module.path:function' (an importable module and the function in it that returns the "
+           f"datasets), got {d.builder!r}")
+    for k in ("train_per_class", "test_per_class", "val_per_class"):
+        _check(getattr(d, k) is None, f"data.{k}", f"picks CIFAR-10 images per class and cannot be used with "
+                                                   f"data.builder; subset the data in your builder, or set it to null")
+    _check(d.augment, "data.augment", "is false, but with data.builder augmentation is the train dataset's own "
+                                      "transform; drop the random transforms there and data.augment here")
 
 
 def _is_num(v) -> bool:

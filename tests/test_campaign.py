@@ -74,12 +74,16 @@ STRING_HOSTILE = {
     "data.dataset": ["mnist"], "data.root": ["/no/such/folder"], "model.name": ["resnet21", ""],
     "optim.name": ["lion"], "schedule.name": ["linear"], "train.amp": ["fast"], "train.device": ["gpu0", "cuda:x"],
     "train.init_from": ["/no/such/model.pt"], "name": [{"a": 1}, [1]], "notes": [{"a": 1}], "scale": ["huge"],
+    "data.builder": ["not a path", "no_such_module_xyz:build", [1]],
+    "model.builder": ["not a path", "no_such_module_xyz:build", [1]],
 }
 OTHER_HOSTILE = {
     "optim.betas": [[1.5, 0.9], [0.9], "x", [float("nan"), 0.9]], "schedule.milestones": ["x", [-1], [float("nan")]],
     "train.keep_epochs": [[-1], [1.5], [10**6], "x"], "model.kwargs": [{"width": 0}, {"bogus": 1}, "x",
                                                                         {"width": float("nan")}, {"shortcut": "Z"}],
     "data": [5], "train": ["x"], "bogus_section": [1], "data.bogus": [1], "model.kwargs.width": [0, -3, 2.5, "x"],
+    "data.kwargs": [{"a": 1}, "x"], "model.input_shape": [[3, -1, 32], "x"],
+    "model.imports": [["/no/such/plugin.py"], 5],
 }
 # keys only a pruning run reads (through `prunelab prune resnet20_l1`)
 PRUNE_HOSTILE = {
@@ -861,4 +865,521 @@ def test_missing_data_is_reported_before_the_run_folder_exists(tmp_path, capsys,
     monkeypatch.setattr(cifar, "search_path", lambda root=None: [tmp_path / "empty"])
     rc, err = run_cli(TRAIN + ["--out", "run"], capsys)
     assert rc == 2 and len(err) == 1 and "CIFAR-10 not found" in err[0], err
+    assert not (tmp_path / "run").exists()
+
+
+# -- 7. damaged studies, the explorer's catalog, notebooks on partial results, unreachable latency --
+# budgets, and plan files (issue 28 items 1, 5 and 7)
+
+FAST = {"train": {"epochs": 1, "max_steps": 2, "progress": False}}
+STUDY = "campaign-tiny"
+
+
+def _dense_cfg(deps):
+    from prunelab.config import load_config
+
+    return load_config("resnet20", "ci", overrides=FAST)
+
+
+def _pruned_cfg(keep):
+    def make(deps):
+        from prunelab.config import load_config
+
+        return load_config("resnet20_l1", "ci", overrides={
+            **FAST, "budget": {"keep": keep}, "stages": {"pretrain": {"init_from": str(deps.dir("dense") / "model.pt")},
+                                                         "finetune": {"train": {"epochs": 1, "max_steps": 2}}}})
+    return make
+
+
+def _study_class():
+    from prunelab.errors import ConfigError
+    from prunelab.experiments import runner as R
+
+    class CampaignStudy(R.Study):
+        """Three real ci sub-runs: a dense checkpoint and two l1 prunings of it at other budgets."""
+
+        parts = ("dense", "pruned")
+        refuse_without_dense = False
+
+        def subruns(self, scale, parts):
+            return [R.SubRun("dense", "train", _dense_cfg, part="dense", label="dense"),
+                    R.SubRun("half", "pipeline", _pruned_cfg(0.5), needs=("dense",), part="pruned", label="half"),
+                    R.SubRun("third", "pipeline", _pruned_cfg(0.3), needs=("dense",), part="pruned", label="third")]
+
+        def aggregate(self, scale, parts, records, out):
+            if self.refuse_without_dense and "dense" not in records:  # as BAR does without its teacher
+                raise ConfigError(f"the dense sub-run {out}/dense has not finished: nothing to aggregate")
+            return {"keep": {n: r["result"]["budget_report"]["achieved_keep"] for n, r in records.items()
+                             if n != "dense"},
+                    "dense_epochs": records["dense"]["result"]["epochs"] if "dense" in records else None}
+
+    return CampaignStudy
+
+
+@pytest.fixture
+def tiny_study():
+    from prunelab.experiments import runner as R
+
+    cls = R.register_study(STUDY)(_study_class())
+    yield cls
+    R.STUDIES.pop(STUDY, None)
+
+
+@pytest.fixture(scope="module")
+def finished_study(tmp_path_factory):
+    """The tiny study run once (read-only: each test damages a copy)."""
+    from prunelab.experiments import runner as R
+
+    R.register_study(STUDY)(_study_class())
+    try:
+        root = tmp_path_factory.mktemp("study")
+        res = R.Runner(STUDY, "ci", root / "runs", results=root / "r.json", quiet=True).run()
+    finally:
+        R.STUDIES.pop(STUDY, None)
+    assert res["complete"], res["why_missing"]
+    return root / "runs"
+
+
+def _collect(runs: Path, results: Path) -> dict:
+    from prunelab.experiments import runner as R
+
+    res = R.Runner(STUDY, "ci", runs, results=results, quiet=True, collect=True).run()
+    json.loads(results.read_text())  # written, and valid JSON
+    return res
+
+
+def _drop(key):
+    def edit(d: Path):
+        r = json.loads((d / "result.json").read_text())
+        r.pop(key)
+        (d / "result.json").write_text(json.dumps(r))
+    return edit
+
+
+STUDY_DAMAGE = {
+    "result-garbage": lambda d: (d / "result.json").write_text("{not json"),
+    "result-a-list": lambda d: (d / "result.json").write_text("[1, 2]"),
+    "result-empty": lambda d: (d / "result.json").write_bytes(b""),
+    "result-not-utf8": lambda d: (d / "result.json").write_bytes(b"\xff\xfe{"),
+    "config-garbage": lambda d: (d / "config.yaml").write_text("{:::"),
+    "result-without-final": _drop("final"),  # dense only
+    "result-without-final_test_acc": _drop("final_test_acc"),  # prunings only
+    "result-without-budget_report": _drop("budget_report"),
+    "structure-truncated": lambda d: (d / "structure.json").write_text((d / "structure.json").read_text()[:40]),
+}
+STUDY_CASES = [(sub, how) for sub in ("dense", "half") for how in STUDY_DAMAGE
+               if not (sub == "dense" and how in ("result-without-final_test_acc", "result-without-budget_report",
+                                                  "structure-truncated"))
+               and not (sub == "half" and how == "result-without-final")]
+
+
+@pytest.mark.parametrize("sub,how", STUDY_CASES, ids=[f"{s}-{h}" for s, h in STUDY_CASES])
+def test_collect_skips_a_damaged_subrun_by_name_and_collects_the_others(finished_study, tiny_study, sub, how,
+                                                                        tmp_path):
+    """Row 1: one damaged sub-run is listed with its reason; every other one is collected, also those that
+    need it (the damaged dense checkpoint's prunings are finished and still read)."""
+    runs = tmp_path / "runs"
+    shutil.copytree(finished_study, runs)
+    STUDY_DAMAGE[how](runs / sub)
+    res = _collect(runs, tmp_path / "r.json")
+    why = res["why_missing"].get(sub, "")
+    assert why.startswith(("missing: damaged", "missing: refused: its config.yaml cannot be read")), res["why_missing"]
+    assert str(runs / sub) in why and "\n" not in why
+    assert set(res["subruns"]) == {"dense", "half", "third"} - {sub} and list(res["why_missing"]) == [sub]
+    assert set(res["keep"]) == {"half", "third"} - {sub}
+    COUNTS["collect_damaged_clean"] += 1
+
+
+def test_collect_refuses_a_subrun_of_another_setting_by_name(finished_study, tiny_study, tmp_path):
+    """Row 2: a sub-run whose recorded config is another variant's is never aggregated under this name."""
+    runs = tmp_path / "runs"
+    shutil.copytree(finished_study, runs)
+    shutil.rmtree(runs / "third")
+    shutil.copytree(runs / "half", runs / "third")  # keep 0.5 filed as keep 0.3
+    res = _collect(runs, tmp_path / "r.json")
+    assert res["why_missing"]["third"].startswith("missing: refused: it was run with budget.keep=0.5"), res
+    assert "third" not in res["subruns"] and set(res["keep"]) == {"half"}
+
+
+def test_a_record_the_aggregate_cannot_read_is_left_out_by_name(finished_study, tiny_study, tmp_path):
+    """A result that has every key a finished run writes, but not the one the study's aggregate reads."""
+    runs = tmp_path / "runs"
+    shutil.copytree(finished_study, runs)
+    r = json.loads((runs / "half" / "result.json").read_text())
+    del r["budget_report"]["achieved_keep"]
+    (runs / "half" / "result.json").write_text(json.dumps(r))
+    res = _collect(runs, tmp_path / "r.json")
+    assert res["why_missing"]["half"].startswith("missing: damaged: its record cannot be aggregated (KeyError")
+    assert set(res["subruns"]) == {"dense", "third"} and set(res["keep"]) == {"third"}
+
+
+def test_a_study_that_cannot_aggregate_without_a_damaged_subrun_says_why_in_one_line(finished_study, tiny_study,
+                                                                                    tmp_path):
+    from prunelab.errors import ConfigError
+
+    runs = tmp_path / "runs"
+    shutil.copytree(finished_study, runs)
+    (runs / "dense" / "result.json").write_text("[]")
+    tiny_study.refuse_without_dense = True
+    with pytest.raises(ConfigError) as e:
+        _collect(runs, tmp_path / "r.json")
+    msg = str(e.value)
+    assert "nothing to aggregate" in msg and "dense: damaged: " in msg and "\n" not in msg
+
+
+DAMAGE_KINDS = CORRUPTIONS + ["delete", "bytes"]
+
+
+@st.composite
+def _damages(draw, files: list[str]):
+    """1 to 3 (file, how, where, junk) damages of a finished study's files."""
+    return draw(st.lists(st.tuples(st.sampled_from(files), st.sampled_from(DAMAGE_KINDS), st.floats(0, 1),
+                                   st.binary(min_size=1, max_size=32)), min_size=1, max_size=3,
+                         unique_by=lambda t: t[0]))
+
+
+def _study_files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                  if p.is_file() and p.name != ".lock" and not str(p.relative_to(root)).startswith("logs"))
+
+
+@settings(max_examples=int(os.environ.get("PRUNELAB_CAMPAIGN_EXAMPLES_COLLECT", "12")), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.data())
+def test_collect_over_randomly_damaged_subrun_folders(finished_study, tiny_study, tmp_path, data):
+    """Item 7: drawn damage to drawn files of drawn sub-runs; --collect never raises, every sub-run is
+    collected or listed with its state, and every undamaged sub-run is collected (unless a sub-run it
+    needs lost its result.json, which makes that one unfinished, not damaged)."""
+    damages = data.draw(_damages(_study_files(finished_study)))
+    runs = tmp_path / f"runs{COUNTS['collect_drawn']}"
+    COUNTS["collect_drawn"] += 1
+    shutil.copytree(finished_study, runs)
+    for name, how, where, junk in damages:
+        f = runs / name
+        if how == "delete":
+            f.unlink()
+        elif how == "bytes":
+            b = bytearray(f.read_bytes())
+            at = int(where * max(len(b) - 1, 0))
+            b[at:at + len(junk)] = junk
+            f.write_bytes(bytes(b))
+        else:
+            _corrupt(f, how)
+    res = _collect(runs, runs.parent / f"{runs.name}.json")
+    hit = {Path(n).parts[0] for n, *_ in damages}
+    unfinished = {Path(n).parts[0] for n, how, *_ in damages if how == "delete" and Path(n).name == "result.json"}
+    for sub in ("dense", "half", "third"):
+        if sub in res["subruns"]:
+            continue
+        why = res["why_missing"].get(sub, "")
+        assert sub in hit or (unfinished and why.startswith("waiting: needs dense")), (sub, damages, why)
+        assert why.startswith(("missing", "waiting")) and "\n" not in why, (sub, why)
+    COUNTS["collect_drawn_clean"] += 1
+
+
+@pytest.fixture(scope="module")
+def manidp_dense(tmp_path_factory):
+    """The ManiDP study's dense checkpoint at ci (the sub-run every other one starts from)."""
+    from prunelab.experiments import manidp_study
+
+    root = tmp_path_factory.mktemp("manidp")
+    manidp_study.run("ci", root / "runs", parts=["dense"], quiet=True, results=root / "m.json")
+    return root / "runs"
+
+
+@pytest.mark.parametrize("how", ["result-without-final", "result-garbage", "result-a-list"])
+def test_manidp_collect_with_a_damaged_dense_checkpoint(manidp_dense, how, tmp_path):
+    """Row 1, the dense sub-run: 'dense result.json without final' was a traceback."""
+    from prunelab.experiments import manidp_study
+
+    runs = tmp_path / "runs"
+    shutil.copytree(manidp_dense, runs)
+    STUDY_DAMAGE[how](runs / "dense")
+    res = manidp_study.run("ci", runs, parts=["dense"], quiet=True, collect=True, results=tmp_path / "m.json")
+    assert not res["complete"] and res["missing"]
+    why = res.get("why_missing", {})
+    assert any("damaged" in str(w) for w in (list(why.values()) if why else res["missing"])), res["missing"]
+
+
+NOTEBOOKS = [("02_ddnp", "ddnp"), ("00_quickstart", "quickstart"), ("01_manidp", "manidp"), ("03_pfs", "pfs")]
+NEEDS_NOTEBOOK_FIX = {
+    "02_ddnp": "notebook 02 reads S['p'] and S['dense'] before printing what is missing (KeyError 'p')",
+    "00_quickstart": "notebook 00 reads res['dense'] before printing what is missing",
+    "01_manidp": "notebook 01 loads the arrays file before printing what is missing (a partial study with no "
+                 "arrays has none)",
+}
+
+
+@pytest.mark.parametrize("nb,study", [pytest.param(n, s, marks=pytest.mark.xfail(
+    strict=True, reason=NEEDS_NOTEBOOK_FIX[n]) if n in NEEDS_NOTEBOOK_FIX else ()) for n, s in NOTEBOOKS],
+    ids=[n for n, _ in NOTEBOOKS])
+def test_a_notebook_on_partial_results_prints_what_is_missing_first(nb, study, tmp_path, monkeypatch, capsys):
+    """Row 4: a notebook's first cells, given the results of a --collect that found nothing finished, print
+    what is missing and fail on nothing."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import prunelab.experiments as E
+    from prunelab.experiments.runner import Runner
+
+    partial = Runner(study, "ci", tmp_path / "runs", results=tmp_path / "r.json", collect=True, quiet=True).run()
+    assert partial["missing"]
+    monkeypatch.setenv("PRUNELAB_SCALE", "ci")
+    monkeypatch.setattr(E, "load_results", lambda *a, **k: partial)
+    cells = ["".join(c["source"]) for c in json.loads((Path(__file__).parents[1] / "notebooks" / f"{nb}.ipynb")
+                                                      .read_text())["cells"] if c["cell_type"] == "code"]
+    upto = next(i for i, c in enumerate(cells) if "load_results(" in c)
+    capsys.readouterr()
+    exec(compile("\n".join(cells[:upto + 1]), nb, "exec"), {"__name__": "__main__", "display": print})
+    assert "missing" in capsys.readouterr().out
+
+
+def test_the_catalog_skips_damaged_runs_and_rows_and_lists_the_rest(finished_run, tmp_path, capsys):
+    """Row 3: damaged runs, a results file of the wrong shape, and rows the explorer could not draw are
+    skipped with their reasons; everything else is listed."""
+    from prunelab.experiments.catalog import catalog
+
+    runs = tmp_path / "runs"
+    for name, damage in {"ok": None, "garbage": lambda d: (d / "result.json").write_text("{not json"),
+                         "a-list": lambda d: (d / "result.json").write_text("[1, 2]"),
+                         "structure": lambda d: (d / "structure.json").write_text(
+                             (d / "structure.json").read_text()[:40])}.items():
+        shutil.copytree(finished_run, runs / name)
+        if damage:
+            damage(runs / name)
+    results = tmp_path / "results"
+    results.mkdir()
+    layers = ["layer1.0.mid", "layer1.1.mid"]
+    good = {"widths": [8, 4], "finetuned_test_acc": 0.5}
+    (results / "ddnp_ci.json").write_text(json.dumps({
+        "study": "ddnp", "scale": "ci", "model": "resnet20", "layers": layers,
+        "runs": {"good/s0": good, "strings/s0": {**good, "widths": "ab"}, "wide/s0": {**good, "widths": [99, 4]},
+                 "acc/s0": {**good, "finetuned_test_acc": "high"}, "three/s0": 3}}))
+    (results / "pfs_ci.json").write_text(json.dumps({"study": "pfs", "model": "resnet99", "layers": layers,
+                                                     "structures": [{"seed": 0, "epoch": 1, "widths": [8, 4]}]}))
+    (results / "bar_ci.json").write_text("[1, 2]")
+    (results / "manidp_ci.json").write_text(json.dumps({"study": "manidp", "variants": [1, 2]}))
+    cat = catalog(results, runs=[runs])
+    assert set(cat) == {str(runs / "ok"), "ddnp ci: ddnp good seed 0"}, list(cat)
+    skipped = dict(cat.skipped)
+    assert {str(runs / n) for n in ("garbage", "a-list", "structure")} <= set(skipped)
+    reasons = [r for _, r in cat.skipped]
+    for words in ("strings seed 0", "wide seed 0", "acc seed 0", "runs three/s0", "resnet99", "variants is a list"):
+        assert any(words in r for r in reasons), (words, reasons)
+    assert str(results / "bar_ci.json") in skipped and all("\n" not in r for r in reasons)
+    assert "catalog: skipped" in capsys.readouterr().out
+
+
+# item 5: a latency budget below the floor the pruned slots reach
+
+def _hand_table(spec, base=5e-3, per_channel=1e-5, flat=()):
+    """A latency table built by hand: every group costs per_channel x width, the ``flat`` ones the same
+    at every width (a group whose measured time does not fall with its width)."""
+    from prunelab.pruning import latency as lat
+
+    gs = {}
+    for n, g in lat.groups(spec).items():
+        c = spec.tensor(n).channels
+        widths = list(range(1, c + 1))
+        gs[n] = {"signature": g["signature"], "widths": widths,
+                 "seconds": [per_channel * (c if n in flat else w) for w in widths]}
+    full = base + sum(g["seconds"][-1] for g in gs.values())
+    return lat.LatencyTable({"model": spec.model, "device": "test", "threads": 1}, gs, full,
+                            {"path": None, "seconds_to_measure": 0.0})
+
+
+def test_an_unreachable_latency_budget_stops_at_the_floor_and_says_so_in_one_line(capsys):
+    from prunelab import models
+    from prunelab.pruning.budget import Budget, solve_budget
+
+    spec = models.describe(models.create("resnet20"))
+    scores = {t.name: torch.rand(t.channels).numpy() for t in spec.select("mid")}
+    flat = "layer1.1.mid"
+    table = _hand_table(spec, flat=(flat,))
+    capsys.readouterr()
+    s, rep = solve_budget(spec, scores, Budget("latency", 0.5), latency=table)
+    floor = (table.predict({n: 1 for n in table.groups if n != flat}))  # the flat group keeps every channel
+    assert rep["reachable"] is False and rep["achieved"] == pytest.approx(floor) == pytest.approx(rep["floor"])
+    assert rep["floor_keep"] == pytest.approx(floor / table.full_seconds)
+    counts = s.counts()
+    assert counts[flat] == 16 and all(counts[n] == 1 for n in table.groups if n != flat)
+    err = [e for e in capsys.readouterr().err.splitlines() if e.strip()]
+    assert len(err) == 1 and "prunelab: warning: latency budget keep 0.5 is below" in err[0], err
+    assert f"floor of {100 * rep['floor_keep']:.1f}%" in err[0] and "['mid', 'delta']" in err[0]
+    assert rep["unreachable"] in err[0]
+    # round_to auto: the same line, once
+    _, rep = solve_budget(spec, scores, Budget("latency", 0.5, round_to="auto"), latency=table)
+    assert rep["reachable"] is False and len(capsys.readouterr().err.strip().splitlines()) == 1
+    # a reachable target: no line
+    _, rep = solve_budget(spec, scores, Budget("latency", 0.8), latency=table)
+    assert rep["reachable"] is True and "floor" not in rep and capsys.readouterr().err == ""
+    # another metric below its floor (min_channels holds it up) says which setting would go lower
+    _, rep = solve_budget(spec, scores, Budget("macs", 0.05), min_channels=8)
+    assert rep["reachable"] is False and "min_channels" in capsys.readouterr().err
+    COUNTS["latency_floor_clean"] += 1
+
+
+def test_the_latency_bench_states_whether_each_target_was_reachable(tmp_path, monkeypatch, capsys):
+    """bench/latency_budget.py with a hand-made table and made-up timings: each latency case says whether
+    its target was reachable, and the summary counts the reachable ones apart."""
+    import sys
+
+    from prunelab import models
+    from prunelab.pruning import latency as lat
+
+    bench = Path(__file__).parents[1] / "bench"
+    monkeypatch.syspath_prepend(str(bench))
+    monkeypatch.chdir(tmp_path)
+    sys.modules.pop("latency_budget", None)
+    import latency_budget as lb
+
+    table = _hand_table(models.describe(models.create("resnet20")))
+    monkeypatch.setattr(lb, "latency_table", lambda *a, **k: table)
+    monkeypatch.setattr(lat, "latency_table", lambda *a, **k: table)
+    monkeypatch.setattr(lb, "measure_latency", lambda *a, **k: [1.0, 0.62, 0.61])
+    for keep, reachable in (("0.5", False), ("0.8", True)):
+        monkeypatch.setattr(sys, "argv", ["latency_budget.py", "--models", "resnet20", "--batches", "1",
+                                          "--threads", "1", "--repeats", "1", "--keep", keep])
+        lb.main()
+        out = capsys.readouterr().out
+        rows = [line for line in out.splitlines() if line.strip().startswith("latency 0.5")]
+        assert len(rows) == 2 and all(("target reachable" in r) == reachable for r in rows), out
+        assert all(("NOT reachable: the pruned slots stop at a floor of" in r) != reachable for r in rows), out
+        assert f"reachable: {2 if reachable else 0} of 2" in out
+
+
+# item 7: drawn plan files, through the file reader and the command line
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers(-3, 70) | st.floats(allow_nan=True, allow_infinity=True)
+                     | st.text(max_size=4), lambda c: st.lists(c, max_size=4) | st.dictionaries(
+                         st.text(max_size=4), c, max_size=3), max_leaves=8)
+
+
+def _mutate(plan: dict, path: list[int], value):
+    """``plan`` with the value at a drawn path (indices into keys / list positions) replaced by ``value``."""
+    plan = json.loads(json.dumps(plan))
+    node, key = plan, None
+    for i in path:
+        cur = node if key is None else node[key]
+        if isinstance(cur, dict) and cur:
+            node, key = cur, sorted(cur)[i % len(cur)]
+        elif isinstance(cur, list) and cur:
+            node, key = cur, i % len(cur)
+        else:
+            break
+    if key is None:
+        return value
+    node[key] = value
+    return plan
+
+
+@settings(max_examples=int(os.environ.get("PRUNELAB_CAMPAIGN_EXAMPLES_PLANS", "30")), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(plan=_resnet20_plans(), path=st.lists(st.integers(0, 60), min_size=1, max_size=3), value=_JSON,
+       mode=st.sampled_from(["value", "bytes"]), where=st.floats(0, 1), junk=st.binary(min_size=1, max_size=16))
+def test_drawn_plan_files_are_accepted_consistently_or_refused_in_one_line(plan, path, value, mode, where, junk,
+                                                                          tmp_path, capsys):
+    """A valid plan with a drawn value put at a drawn place, or drawn bytes written over a drawn place of
+    its file: the reader accepts it (then compact and count agree on it, and ``count --structure`` runs)
+    or refuses it in one line naming the file (and so does ``count --structure``, exit 2)."""
+    from prunelab.counting import count, measure_macs
+    from prunelab.errors import CheckpointError
+    from prunelab.pruning.compact import compact
+    from prunelab.pruning.structure import Structure
+
+    f = tmp_path / f"plan{COUNTS['plan_files_drawn']}.json"
+    COUNTS["plan_files_drawn"] += 1
+    if mode == "value":
+        f.write_text(json.dumps(_mutate(plan, path, value)))
+    else:
+        b = bytearray(json.dumps(plan).encode())
+        at = int(where * (len(b) - 1))
+        b[at:at + len(junk)] = junk
+        f.write_bytes(bytes(b))
+    net, spec = _resnet20()
+    try:
+        s = Structure.load(f, spec)
+    except CheckpointError as e:
+        assert str(f) in str(e) and "\n" not in str(e), e
+        s = None
+    rc, err = run_cli(["count", "resnet20", "--structure", str(f)], capsys)
+    if s is None:
+        assert rc == 2 and len(err) == 1 and err[0].startswith("prunelab: error:"), err
+    else:
+        assert rc == 0, err
+        assert measure_macs(compact(net, s))["macs"] == count(spec, s).macs
+    COUNTS["plan_files_clean"] += 1
+
+
+# rows that still need a change in files other sessions are editing (strict xfail: they flip to a
+# failure, to be unmarked, once the change lands)
+
+def test_an_empty_slot_list_is_refused(tmp_path, capsys, monkeypatch):
+    """Row 'manidp slots=[]': the defaults were used without a word."""
+    monkeypatch.chdir(tmp_path)
+    for config in ("resnet20_manidp", "resnet20_l1"):
+        rc, err = run_cli(["prune", config, "--scale", "ci", "--out", "run", "--set", "method.slots=[]",
+                           "--set", "train.max_steps=1", "--set", "train.progress=false"], capsys)
+        assert rc == 2 and len(err) == 1 and "method.slots" in err[0], (config, rc, err)
+        assert not (tmp_path / "run").exists()
+
+
+def test_compact_with_weights_of_another_model_names_weights_not_init_from(tmp_path, capsys):
+    """Row 'a resnet56 plan with resnet20 weights to compact': the line said 'point train.init_from…'."""
+    from prunelab import models
+    from prunelab.pruning.structure import Structure
+
+    spec = models.describe(models.create("resnet56"))
+    Structure.from_counts(spec, {"layer1.0.mid": 8}).save(tmp_path / "p56.json")
+    weights = _dense_weights(tmp_path)  # resnet20
+    rc, err = run_cli(["compact", str(tmp_path / "p56.json"), "--weights", str(weights), "--out",
+                       str(tmp_path / "out")], capsys)
+    assert rc == 2 and len(err) == 1 and "resnet56" in err[0] and "resnet20" in err[0], err
+    assert "--weights" in err[0] and "init_from" not in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def _cache_with_one_label(tmp_path: Path) -> Path:
+    """A decoded CIFAR-10 cache whose training labels are all 9, with a consistent meta.json (the images
+    linked from the real cache)."""
+    from prunelab.data import cifar
+
+    cifar.load_cifar10()  # the real cache exists
+    source, _ = cifar._locate(None)
+    tag = "official" if source == "official" else f"jpeg-{cifar.ARCHIVE_SHA256[:12]}"
+    real = cifar.cache_dir() / "cifar10" / tag
+    fake = tmp_path / "cache" / "cifar10" / tag
+    fake.mkdir(parents=True)
+    meta = json.loads((real / "meta.json").read_text())
+    for name in cifar.CACHE_NAMES:
+        if name == "train_labels":
+            import numpy as np
+
+            labels = np.full_like(np.load(real / f"{name}.npy"), 9)
+            np.save(fake / f"{name}.npy", labels)
+            meta["arrays"][name]["crc32"] = cifar._checksum(labels)
+        else:
+            (fake / f"{name}.npy").symlink_to(real / f"{name}.npy")
+    (fake / "meta.json").write_text(json.dumps(meta))
+    return tmp_path / "cache"
+
+
+@pytest.mark.xfail(strict=True, reason="prunelab/data/cifar.py load_cifar10 must check the decoded labels (10 "
+                                       "classes, 5000/1000 images each) and name the cache; the run folder is "
+                                       "created before the per-class subset fails")
+@pytest.mark.parametrize("per_class", ["ci", "unset"])
+def test_a_cache_whose_labels_are_all_one_class_is_refused_naming_it(per_class, tmp_path, capsys, monkeypatch):
+    """Row 'decode cache with all labels 9 and a consistent meta.json': at ci the line named neither the key
+    nor the cache; with train_per_class unset the run trained."""
+    from prunelab.data import cifar
+
+    cache = _cache_with_one_label(tmp_path)
+    monkeypatch.setenv("PRUNELAB_CACHE", str(cache))
+    monkeypatch.setattr(cifar, "_MEMO", {})
+    monkeypatch.chdir(tmp_path)
+    argv = TRAIN + ["--out", "run", "--set", "train.max_steps=1", "--set", "train.progress=false"]
+    if per_class == "unset":
+        argv += ["--set", "data.train_per_class=null", "--set", "data.test_per_class=null"]
+    rc, err = run_cli(argv, capsys)
+    assert rc == 2 and len(err) == 1 and str(cache) in err[0] and "label" in err[0], err
     assert not (tmp_path / "run").exists()

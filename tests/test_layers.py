@@ -17,7 +17,7 @@ PKG = Path(__file__).resolve().parents[1] / "prunelab"
 
 # rank of each top-level module or subpackage; an import may only go to an equal or lower rank
 RANK = {
-    "errors": 0, "utils": 0, "runfiles": 0, "hooks": 0, "published": 0,
+    "errors": 0, "utils": 0, "runfiles": 0, "hooks": 0, "published": 0, "plugins": 0,
     "config": 1, "data": 1, "models": 1,
     "counting": 2,
     "pruning": 3,

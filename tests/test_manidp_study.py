@@ -1,6 +1,7 @@
-"""The ManiDP study at ci scale: every sub-run (dynamic with and without L_sim, static mask, l1), the
-static mask matched to the dynamic widths, damaged or misfiled sub-runs skipped by name, and finished
-sub-runs reused from the committed results on a machine that no longer has them."""
+"""The ManiDP study at ci scale, on the study runner: every sub-run (dynamic with and without L_sim,
+static mask, l1), the static mask matched to the dynamic widths, the controls' dependencies on the
+with-L_sim runs, damaged or misfiled sub-runs skipped by name, and finished sub-runs (records and arrays)
+reused from the committed results on a machine that no longer has them."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 
 from prunelab import models
 from prunelab.experiments import manidp_study
+from prunelab.utils import to_jsonable
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +87,8 @@ def test_a_damaged_subrun_is_skipped_by_name(study, tmp_path, damage):
     else:
         (d / "arrays" / "manidp_weights.npy").write_bytes(b"garbage")
     res = _collect(root, runs, tmp_path / "out.json")
-    assert not res["complete"]
-    assert any(m.startswith("ManiDP without_sim seed 0 (damaged") for m in res["missing"]), res["missing"]
+    assert not res["complete"] and res["missing"] == ["ManiDP without_sim seed 0"]
+    assert res["why_missing"]["ManiDP without_sim seed 0"].startswith("missing: damaged"), res["why_missing"]
     assert {r["variant"] for r in res["runs"]} == {"with_sim", "static", "l1"}  # the others are still collected
 
 
@@ -97,7 +99,9 @@ def test_a_subrun_of_another_variant_is_refused(study, tmp_path):
     shutil.rmtree(runs / "manidp-without_sim-s0")
     shutil.copytree(runs / "manidp-with_sim-s0", runs / "manidp-without_sim-s0")  # lambda_sim 1 filed as 0
     res = _collect(root, runs, tmp_path / "out.json")
-    assert any("refused" in m and "lambda_sim" in m for m in res["missing"]), res["missing"]
+    assert res["missing"] == ["ManiDP without_sim seed 0"]
+    why = res["why_missing"]["ManiDP without_sim seed 0"]
+    assert "refused" in why and "lambda_sim" in why, why
     assert "without_sim" not in res["variants"]
 
 
@@ -114,3 +118,67 @@ def test_committed_subruns_are_reused_on_a_fresh_machine(study, tmp_path):
     old, new = np.load(root / "manidp_ci.npz"), np.load(results.with_suffix(".npz"))
     assert sorted(old.files) == sorted(new.files)
     assert all(np.array_equal(old[k], new[k], equal_nan=True) for k in old.files)
+
+
+def test_committed_subruns_and_arrays_are_reused_without_any_run_directory(study, tmp_path):
+    root, res = study
+    results = tmp_path / "manidp_ci.json"
+    shutil.copy(root / "manidp_ci.json", results)
+    shutil.copy(root / "manidp_ci.npz", results.with_suffix(".npz"))
+    again = _collect(root, tmp_path / "runs", results)  # not even the dense checkpoint
+    assert again["complete"] and sorted(again["reused_subruns"]) == sorted(["dense"] + [r["subrun"] for r in res["runs"]])
+    assert again["dense"] == res["dense"] and again["runs"] == json.loads(json.dumps(to_jsonable(res["runs"])))
+    old, new = np.load(root / "manidp_ci.npz"), np.load(results.with_suffix(".npz"))
+    assert sorted(old.files) == sorted(new.files)
+    assert all(np.array_equal(old[k], new[k], equal_nan=True) for k in old.files)
+
+
+def test_a_record_whose_arrays_are_gone_is_not_reused(study, tmp_path):
+    root, _ = study
+    results = tmp_path / "manidp_ci.json"
+    shutil.copy(root / "manidp_ci.json", results)  # the JSON without its NPZ
+    again = _collect(root, tmp_path / "runs", results)
+    # the sub-runs with arrays (dense, the dynamic runs) cannot be reused; the controls can (their needs
+    # are then missing, so they wait)
+    assert not again["complete"] and again["reused_subruns"] == []
+    assert again["why_missing"]["static mask seed 0"].startswith("waiting")
+
+
+def test_the_plan_lists_every_subrun_with_the_controls_needing_their_dynamic_run(tmp_path):
+    from prunelab.experiments.runner import Runner, plan_table
+
+    r = Runner("manidp", "cpu", tmp_path / "runs", results=tmp_path / "none.json", quiet=True)
+    needs = {s.name: s.needs for s in r.subs}
+    assert needs == {"dense": (), "manidp-with_sim-s0": ("dense",), "manidp-with_sim-s1": ("dense",),
+                     "manidp-without_sim-s0": ("dense",), "static-s0": ("dense", "manidp-with_sim-s0"),
+                     "static-s1": ("dense", "manidp-with_sim-s1"), "l1-s0": ("dense", "manidp-with_sim-s0")}
+    table = plan_table(r.plan())
+    assert "static-s1" in table and "ready: 1" in table and "waiting: 6" in table
+    assert not (tmp_path / "runs").exists()  # planning trains and writes nothing
+    # only the controls asked for: the with-L_sim runs they are made from are in the plan, without_sim is not
+    r = Runner("manidp", "cpu", tmp_path / "runs", parts=["static"], results=tmp_path / "none.json", quiet=True)
+    assert [s.name for s in r.subs] == ["dense", "manidp-with_sim-s0", "manidp-with_sim-s1", "static-s0", "static-s1"]
+
+
+def test_the_static_plan_is_written_from_the_dynamic_record_before_the_control_trains(study):
+    root, res = study
+    dyn = next(r for r in res["runs"] if r["variant"] == "with_sim")
+    written = json.loads((root / "runs" / "plans" / "static-s0.json").read_text())
+    assert written["alive"] == next(r for r in res["runs"] if r["variant"] == "static")["plan"]["alive"]
+    assert {n: len(v) for n, v in written["alive"].items()} == {
+        n: max(1, round(k)) for n, k in zip(res["layers"], dyn["mean_kept"])}
+
+
+def test_a_control_retrains_only_the_dense_checkpoint_not_the_reused_run_it_is_made_from(study, tmp_path):
+    from prunelab.experiments.runner import Runner
+
+    root, _ = study
+    committed = json.loads((root / "manidp_ci.json").read_text())
+    del committed["subruns"]["static-s0"]  # the control is not in the committed results
+    (tmp_path / "manidp_ci.json").write_text(json.dumps(committed))
+    shutil.copy(root / "manidp_ci.npz", tmp_path / "manidp_ci.npz")
+    r = Runner("manidp", "ci", tmp_path / "runs", results=tmp_path / "manidp_ci.json", quiet=True)
+    states = {st.sub.name: st.state for st in r.plan()}
+    # the static mask reads only the record of manidp-with_sim-s0 (reused) and the folder of dense (rerun)
+    assert states["manidp-with_sim-s0"] == "reused" and states["dense"] == "ready"
+    assert states["static-s0"] == "waiting", states

@@ -171,8 +171,12 @@ def run(name: str, scale: str, out=None, *, parts=None, quiet: bool = False, res
 
     _import_studies()
     exps = experiments()
-    if name not in exps:
-        raise UnknownNameError("experiment", name, exps)
+    if name not in exps and name not in STUDIES:  # a study registered outside the package: its plugin first
+        from ..plugins import load_auto
+
+        load_auto()
+    if name not in exps and name not in STUDIES:
+        raise UnknownNameError("experiment", name, {**exps, **STUDIES})
     if name in STUDIES:
         return Runner(name, scale, out, parts=parts, results=results, collect=collect, quiet=quiet, executor=executor,
                       shard=shard).run()

@@ -68,66 +68,150 @@ class Entry:
         return s
 
 
-def _cached(path: Path) -> list[Entry]:
-    """Entries of one cached results file (the studies' formats)."""
+def _cached(path: Path, skip=None) -> list[Entry]:
+    """Entries of one cached results file (the studies' formats). A row that cannot be read is left out
+    and given to ``skip(path, error, row)``, so one damaged row never hides
+    the file's other rows; a file that is not a mapping raises."""
     r = json.loads(path.read_text())
+    if not isinstance(r, dict):
+        raise ValueError(f"a results file holds a JSON object, not {type(r).__name__}")
     study, scale = r.get("study"), r.get("scale")
     head = f"{study} {scale}"
     out = []
     src = str(path)
+
+    def add(where: str, make) -> None:
+        try:
+            got = make()
+        except Exception as e:  # noqa: BLE001 - one damaged row: skipped, said so
+            if skip is None:
+                raise
+            skip(path, e, where)
+            return
+        out.extend(got if isinstance(got, list) else [got])
+
+    def rows(part, kind=dict):
+        """``r[part]`` (nested keys split by '/'), or an empty ``kind`` when absent; another type raises."""
+        v = r
+        for k in part.split("/"):
+            v = v.get(k) if isinstance(v, dict) else None
+        if v is None:
+            return kind()
+        if not isinstance(v, kind):
+            raise ValueError(f"{part} is a {type(v).__name__}, not a {kind.__name__}")
+        return v
+
     if study == "quickstart":
-        l1 = r["l1"]
-        s = l1["structure"]
-        out.append(Entry(f"{head}: l1 50% MACs", src, s["model"], s.get("model_kwargs", {}), "static",
+        def l1_entry():
+            l1 = r["l1"]
+            s = l1["structure"]
+            return Entry(f"{head}: l1 50% MACs", src, s["model"], s.get("model_kwargs", {}), "static",
                          {n: len(a) for n, a in s["alive"].items()}, s["alive"], l1.get("final_test_acc"),
-                         "after fine-tuning", "l1", scale))
-        for row in (r.get("latency") or {}).get("rows", []):
-            out.append(Entry(f"{head}: l1 {row['label']}", src, "resnet20", {}, "static", row["widths"], None,
-                             row["final_test_acc"], "after fine-tuning", "l1", scale))
+                         "after fine-tuning", "l1", scale)
+
+        add("l1", l1_entry)
+        for i, row in enumerate(rows("latency/rows", list)):
+            add(f"latency row {i}", lambda row=row: Entry(
+                f"{head}: l1 {row['label']}", src, "resnet20", {}, "static", row["widths"], None,
+                row["final_test_acc"], "after fine-tuning", "l1", scale))
     elif study == "ddnp":
-        for k, run in r.get("runs", {}).items():
-            acc = run.get("finetuned_test_acc")
-            out.append(Entry(f"{head}: ddnp {k.replace('/s', ' seed ')}", src, r["model"], {}, "static",
+        for k, run in rows("runs").items():
+            def ddnp_entry(k=k, run=run):
+                acc = run.get("finetuned_test_acc")
+                return Entry(f"{head}: ddnp {k.replace('/s', ' seed ')}", src, r["model"], {}, "static",
                              dict(zip(r["layers"], run["widths"])), None,
                              acc if acc is not None else run.get("extracted_test_acc"),
-                             "after fine-tuning" if acc is not None else "extracted, before fine-tuning", "ddnp", scale))
-        for k, run in r.get("compare", {}).items():
-            out.append(Entry(f"{head}: {k.replace('/s', ' seed ')} (comparison)", src, r["model"], {}, "static",
-                             dict(zip(r["layers"], run["widths"])), None, run["finetuned_test_acc"],
-                             "after fine-tuning", run["method"], scale))
+                             "after fine-tuning" if acc is not None else "extracted, before fine-tuning", "ddnp", scale)
+
+            add(f"runs {k}", ddnp_entry)
+        for k, run in rows("compare").items():
+            add(f"compare {k}", lambda k=k, run=run: Entry(
+                f"{head}: {k.replace('/s', ' seed ')} (comparison)", src, r["model"], {}, "static",
+                dict(zip(r["layers"], run["widths"])), None, run["finetuned_test_acc"], "after fine-tuning",
+                run["method"], scale))
     elif study == "pfs":
-        for row in r.get("sweeps", {}).get("pruning_ratio", []) + r.get("sweeps", {}).get("expansion", []):
-            width = int(round(16 * row["rate"]))
-            widths = row["widths"] if isinstance(row["widths"], dict) else dict(zip(r["layers"], row["widths"]))
-            out.append(Entry(f"{head}: pfs rate {row['rate']:g} ratio {row['ratio']:g} run {row['run']}", src,
+        sweeps = rows("sweeps/pruning_ratio", list) + rows("sweeps/expansion", list)
+        for i, row in enumerate(sweeps):
+            def pfs_entry(row=row):
+                width = int(round(16 * row["rate"]))
+                widths = row["widths"] if isinstance(row["widths"], dict) else dict(zip(r["layers"], row["widths"]))
+                return Entry(f"{head}: pfs rate {row['rate']:g} ratio {row['ratio']:g} run {row['run']}", src,
                              r["model"], {"width": width} if width != 16 else {}, "static", widths, None, row["acc"],
-                             "trained from scratch", "pfs", scale))
-        for st in r.get("structures", []):
-            out.append(Entry(f"{head}: pfs structure seed {st['seed']} checkpoint {st['epoch']}", src, r["model"], {},
-                             "static", dict(zip(r["layers"], st["widths"])), None, None,
-                             "no accuracy (a structure of the similarity study)", "pfs", scale))
+                             "trained from scratch", "pfs", scale)
+
+            add(f"sweep row {i}", pfs_entry)
+        for i, st in enumerate(rows("structures", list)):
+            add(f"structure {i}", lambda st=st: Entry(
+                f"{head}: pfs structure seed {st['seed']} checkpoint {st['epoch']}", src, r["model"], {}, "static",
+                dict(zip(r["layers"], st["widths"])), None, None, "no accuracy (a structure of the similarity study)",
+                "pfs", scale))
     elif study == "bar":
-        for run in r.get("runs", []):
-            s = run["structure"]
-            out.append(Entry(f"{head}: bar PF {run['pf']}", src, s["model"], s.get("model_kwargs", {}), "static",
+        for i, run in enumerate(rows("runs", list)):
+            def bar_entry(run=run):
+                s = run["structure"]
+                return Entry(f"{head}: bar PF {run['pf']}", src, s["model"], s.get("model_kwargs", {}), "static",
                              {n: len(a) for n, a in s["alive"].items()} if "alive" in s else dict(s["channels"]),
                              s.get("alive"), run["accuracy"], "after fine-tuning", "bar", scale,
-                             extra={"v_factor": run.get("v_factor")}))
+                             extra={"v_factor": run.get("v_factor")})
+
+            add(f"runs {i}", bar_entry)
     elif study == "manidp":
         npz = path.with_suffix(".npz")
         arrays = np.load(npz) if npz.exists() else None
-        for v, rec in r.get("variants", {}).items():
-            per = None
-            if arrays is not None and f"{v}/test_kept" in arrays:
-                kept = arrays[f"{v}/test_kept"]
-                per = {"kept": kept, "layers": r["layers"], "index": arrays[f"{v}/test_index"],
-                       "correct": arrays[f"{v}/test_correct"], "label": arrays[f"{v}/test_label"]}
-            widths = (dict(zip(r["layers"], per["kept"].mean(0))) if per is not None
-                      else dict(zip(r["layers"], r["channels"])))
-            out.append(Entry(f"{head}: manidp {v}", src, r["model"], {}, "dynamic", widths, None,
-                             rec.get("final_test_acc"), "dynamic network at the end of training", "manidp", scale,
-                             per))
+        for v, rec in rows("variants").items():
+            def manidp_entry(v=v, rec=rec):
+                per = None
+                if arrays is not None and f"{v}/test_kept" in arrays:
+                    kept = arrays[f"{v}/test_kept"]
+                    per = {"kept": kept, "layers": r["layers"], "index": arrays[f"{v}/test_index"],
+                           "correct": arrays[f"{v}/test_correct"], "label": arrays[f"{v}/test_label"]}
+                widths = (dict(zip(r["layers"], per["kept"].mean(0))) if per is not None
+                          else dict(zip(r["layers"], r["channels"])))
+                return Entry(f"{head}: manidp {v}", src, r["model"], {}, "dynamic", widths, None,
+                             rec.get("final_test_acc"), "dynamic network at the end of training", "manidp", scale, per)
+
+            add(f"variant {v}", manidp_entry)
     return out
+
+
+def _is_number(v) -> bool:
+    import math
+
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def entry_problem(e: Entry, specs: dict) -> str | None:
+    """What makes ``e`` unusable by the explorer (None: nothing): a model the package cannot build, widths
+    that are not channel counts of that model's gated tensors, alive sets that are not channel indices,
+    an accuracy that is not a fraction. ``specs`` caches the model descriptions."""
+    from .. import models
+
+    if not isinstance(e.model, str) or not isinstance(e.model_kwargs, dict):
+        return f"model {e.model!r} with arguments {e.model_kwargs!r} is not a model name and a mapping"
+    key = (e.model, json.dumps(e.model_kwargs, sort_keys=True, default=str))
+    if key not in specs:
+        try:
+            specs[key] = models.describe(models.create(e.model, **e.model_kwargs))
+        except Exception as err:  # noqa: BLE001
+            specs[key] = f"model {e.model!r} ({e.model_kwargs}) cannot be built: {_reason(err)}"
+    spec = specs[key]
+    if isinstance(spec, str):
+        return spec
+    if not isinstance(e.widths, dict) or not e.widths:
+        return "no kept widths"
+    for n, w in e.widths.items():
+        if n not in spec:
+            return f"{n!r} is not a gated tensor of {e.model}"
+        if not _is_number(w) or not 0 <= w <= spec.tensor(n).channels:
+            return f"{n} keeps {w!r} channels, not a number in [0, {spec.tensor(n).channels}]"
+    for n, a in (e.alive or {}).items():
+        c = spec.tensor(n).channels if n in spec else 0
+        if n not in spec or not isinstance(a, (list, tuple)) or not all(
+                isinstance(i, int) and not isinstance(i, bool) and 0 <= i < c for i in a) or len(set(a)) != len(a):
+            return f"the alive channels of {n!r} are not distinct indices of its {c} channels"
+    if e.accuracy is not None and not (_is_number(e.accuracy) and 0 <= e.accuracy <= 1):
+        return f"accuracy {e.accuracy!r} is not a fraction in [0, 1]"
+    return None
 
 
 def _run_entry(run: Path) -> Entry | None:
@@ -147,10 +231,23 @@ def _run_entry(run: Path) -> Entry | None:
         return Entry(str(run), str(run), s.model, s.model_kwargs, "static", s.counts(),
                      {n: a.tolist() for n, a in s.alive.items()}, acc, "after fine-tuning", method, res.get("scale"))
     if res.get("result_kind") == "dynamic":
+        _ensure_model(run)
         widths = res.get("budget_report", {}).get("widths", {})
         return Entry(str(run), str(run), res["model"], res.get("model_kwargs") or {}, "dynamic", widths, None, acc,
                      "dynamic network", method, res.get("scale"), extra={"run": str(run)})
     return None
+
+
+def _ensure_model(run: Path) -> None:
+    """A run of a model from outside the package: import what its result's plan recorded (``--import``s,
+    the builder), so the explorer builds its model by name in this process too."""
+    from ..pruning.result import ensure_plan_model
+
+    for d in ("final", "pruned"):
+        p = run / d / "plan.json"
+        if p.is_file():
+            ensure_plan_model(json.loads(p.read_text()), p)
+            return
 
 
 class Catalog(dict):
@@ -175,16 +272,17 @@ def catalog(results_dir=RESULTS_DIR, runs=(), *, quiet: bool = False) -> Catalog
     out = Catalog()
     entries: list[Entry] = []
 
-    def skip(path, e):
-        out.skipped.append((str(path), _reason(e)))
+    def skip(path, e, where: str = ""):
+        why = (f"{where}: " if where else "") + _reason(e)
+        out.skipped.append((str(path), why))
         if not quiet:
-            print(f"catalog: skipped {path} ({_reason(e)})")
+            print(f"catalog: skipped {path} ({why})")
 
     for p in sorted(Path(results_dir).glob("*.json")):
         if p.name.endswith(".partial.json"):
             continue
         try:
-            entries += _cached(p)
+            entries += _cached(p, skip)
         except Exception as e:  # a damaged file or one of another format: skipped, said so
             skip(p, e)
     for root in runs:
@@ -196,7 +294,16 @@ def catalog(results_dir=RESULTS_DIR, runs=(), *, quiet: bool = False) -> Catalog
                 continue
             if e is not None:
                 entries.append(e)
-    out.update({e.key: e for e in entries})
+    specs: dict = {}
+    for e in entries:  # an entry the explorer could not draw (bogus widths, unknown model) is skipped here
+        try:
+            why = entry_problem(e, specs)
+        except Exception as err:  # noqa: BLE001
+            why = _reason(err)
+        if why:
+            skip(e.source, ValueError(why), e.key)
+        else:
+            out[e.key] = e
     return out
 
 

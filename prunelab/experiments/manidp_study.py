@@ -24,11 +24,16 @@ Scales:
   recipe's, remain rate reaching r* halfway and thresholds then held fixed), full CIFAR-10, batch 128.
 * ``ci``: a few hundred images, one epoch of pre-training, four of ManiDP: mechanics only.
 
-A session can end on a fresh machine with ``runs/`` gone; only the results are committed. Every
-sub-run's record carries its config fingerprint and the dense weights' fingerprint; a rerun retrains
-the dense checkpoint (deterministic at one thread) and takes a finished sub-run it no longer has from
-the committed results (record and arrays) when both fingerprints and the method code match
-(``reused_subruns``). A partial study is written as ``manidp_<scale>.partial.json`` beside a complete one.
+The study is a plan for the study runner (:mod:`.runner`): ``dense``, then the dynamic sub-runs (each
+needs ``dense``), then the controls, each of which needs ``dense`` and the with-L_sim run it is matched
+to (the static mask's plan is computed from that run's record and written to ``<out>/plans/`` just
+before it trains; l1's MACs budget is that run's mean test MACs); a control reads only the record of
+its with-L_sim run, so a copy of that run reused from the committed results is not retrained for it. A session can end on a fresh machine
+with ``runs/`` gone; only the results are committed. The runner takes a finished sub-run it no longer
+has from the committed results (its record from the JSON, its arrays from the NPZ) when its fingerprint
+(config, method code and the fingerprints of the sub-runs it needs) matches (``reused_subruns``);
+a run directory filed under another setting is refused by name, a damaged one is skipped by name
+(``why_missing``). A partial study is written as ``manidp_<scale>.partial.json`` beside a complete one.
 
 What is kept per dynamic run: the per-epoch log (test accuracy, C, remain rate, thresholds, mean kept
 ratio, mean pairwise Jaccard of kept sets, MACs mean/std/min/max); the pretrained network's CE of every
@@ -41,9 +46,6 @@ CE, correctness and label, and the kept-channel sets of a seeded sample of test 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -55,16 +57,13 @@ from ..counting import count
 from ..pruning.structure import Structure
 from ..runfiles import read_metrics
 from ..utils import read_json
-from ..workflows import run_pipeline, train
-from . import REPO_ROOT, open_study, write_results
+from .runner import ARRAYS, Runner, Study, SubRun, register_study
 
-VARIANTS = {"with_sim": {"lambda_sim": 1.0}, "without_sim": {"lambda_sim": 0.0}}
+VARIANTS = {"with_sim": {"lambda_sim": 1.0}, "without_sim": {"lambda_sim": 0.0}}  # method overrides
 PARTS = ("dense", "manidp", "static", "l1")
 TRAJECTORIES = 512
 MASK_SAMPLE = 2000  # test images whose kept-channel sets go into the arrays (seeded)
 SETTINGS = {"ci": {"seeds": (0,)}, "cpu": {"seeds": (0, 1)}, "paper": {"seeds": (0, 1)}}
-# the files whose code decides what a sub-run trains (a reused record must come from the same code)
-SUBRUN_CODE = ("prunelab/methods/manidp.py", "prunelab/methods/plan.py", "prunelab/methods/l1.py")
 
 
 def _arr(run: Path, name: str):
@@ -178,220 +177,198 @@ def static_plan(spec, layers: list[str], record: dict) -> Structure:
     return Structure._make(spec, alive, meta={"rule": "static mask of a ManiDP run: mean kept counts, most kept"})
 
 
-def config_sha(cfg) -> str:
-    """Fingerprint of a sub-run: its resolved config (the dense checkpoint's path left out: its weights'
-    own fingerprint stands for it) and the code of the methods it may train."""
-    d = cfg.to_dict()
-    d.get("stages", {}).get("pretrain", {}).pop("init_from", None)
-    d.get("method", {}).pop("plan", None)  # a path; the plan is a function of the dynamic run's record
-    h = hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode())
-    for f in SUBRUN_CODE:
-        h.update((REPO_ROOT / f).read_bytes())
-    return h.hexdigest()
-
-
-def filed_elsewhere(run: Path, cfg) -> str | None:
-    """Why the finished run in ``run`` is not the sub-run ``cfg`` describes (None: it is): its recorded
-    ``config.yaml`` names another method, other method options, or another seed."""
-    import yaml
-
-    try:
-        rec = yaml.safe_load((run / "config.yaml").read_text())
-    except (OSError, ValueError, yaml.YAMLError) as e:
-        return f"its config.yaml cannot be read ({type(e).__name__})"
-    if not isinstance(rec, dict):
-        return "its config.yaml is not a mapping"
-    want, got = cfg.method or {}, rec.get("method") or {}
-    for key in sorted(set(want) | set(got)):
-        if key != "plan" and want.get(key) != got.get(key):
-            return f"it was run with method.{key}={got.get(key)!r}, this sub-run needs {want.get(key)!r}"
-    seed = (rec.get("train") or {}).get("seed")
-    if seed is not None and seed != cfg.train.seed:
-        return f"it was run with train.seed={seed}, this sub-run needs {cfg.train.seed}"
-    return None
-
-
-class Earlier:
-    """Finished sub-runs of the committed results (complete or partial file), reusable on a machine that
-    no longer has them when the dense weights and the sub-run's fingerprint match."""
-
-    def __init__(self, results_file: Path, scale: str, dense_sha: str | None, say=print):
-        self.records, self.arrays, self.used = {}, {}, []
-        for f in (results_file.with_name(results_file.stem + ".partial.json"), results_file):
-            try:
-                old = json.loads(f.read_text())
-                npz = np.load(f.with_suffix(".npz"))
-            except (OSError, ValueError):
-                continue
-            if old.get("scale") != scale or not dense_sha or old.get("dense", {}).get("weights_sha256") != dense_sha:
-                continue
-            for rec in old.get("runs", []):
-                if rec.get("subrun") and rec.get("config_sha256"):
-                    prefix = rec.get("prefix")
-                    arrays = {k[len(prefix) + 1:]: npz[k] for k in npz.files if prefix and k.startswith(prefix + "/")}
-                    self.records[rec["subrun"]] = {**rec, "made_at_commit": rec.get("made_at_commit") or old.get("commit")}
-                    self.arrays[rec["subrun"]] = arrays
-        self.say = say
-
-    def get(self, name: str, sha: str):
-        rec = self.records.get(name)
-        if rec is None or rec.get("config_sha256") != sha:
-            return None
-        self.used.append(name)
-        self.say(f"{name}: reused from the committed results (made at commit {rec.get('made_at_commit')})")
-        return rec, self.arrays.get(name, {})
-
-
 def _prefix(variant: str, seed: int) -> str:
     """Array prefix of a dynamic run: the variant name for seed 0 (what the figures read), else -s<k>."""
     return variant if seed == 0 else f"{variant}-s{seed}"
 
 
-def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, results=None, collect=False) -> dict:
-    """Run (or continue) the ManiDP study at ``scale``; writes the results JSON and its arrays (NPZ)."""
+# ---------------------------------------------------------------------------------------------------
+# configs and records of the sub-runs
+
+QUIET = {"train": {"progress": False}}
+
+
+def _dense_config(scale: str):
+    dense_over = {"train": {"epochs": 30}} if scale == "cpu" else {}
+    return load_config("resnet20" if scale != "paper" else "resnet56", scale, overrides=deep_merge(QUIET, dense_over))
+
+
+def _init(deps) -> dict:
+    return {"stages": {"pretrain": {"init_from": str(deps.dir("dense") / "model.pt")}}}
+
+
+def _base(scale: str):
+    """The ManiDP config at ``scale`` (its model, method options and learning schedule)."""
+    return load_config("resnet20_manidp", scale, overrides=QUIET)
+
+
+def _model(scale: str):
+    """``(spec, layers)``: the study model's description and its gated tensors (block middles and deltas)."""
+    base = _base(scale)
+    spec = models.describe(models.create(base.model.name, **base.model.kwargs))
+    return spec, [t.name for t in spec.select(("mid", "delta"))]
+
+
+def _control(scale: str) -> dict:
+    """The static controls' model and stages: the dynamic runs' model; no learning stage; a fine-tuning
+    stage with the dynamic runs' epochs, optimiser and schedule, from the same checkpoint."""
+    base = _base(scale)
+    learn = base.stages["learn"]
+    return {"model": {"name": base.model.name, "kwargs": dict(base.model.kwargs)},  # resnet56 at paper scale
+            "stages": {"learn": {"enabled": False},
+                       "finetune": {"enabled": True, "train": learn.get("train", {}), "optim": learn.get("optim", {}),
+                                    "schedule": learn.get("schedule", {})}}}
+
+
+def _dynamic_config(scale: str, variant: str, seed: int, deps):
+    return load_config("resnet20_manidp", scale, overrides=deep_merge(QUIET, deep_merge(_init(deps), {
+        "method": VARIANTS[variant], "train": {"seed": seed}})))
+
+
+def _plan_file(deps, seed: int) -> Path:
+    return deps.out / "plans" / f"static-s{seed}.json"
+
+
+def _static_config(scale: str, seed: int, deps):
+    # only the plan's path goes into the config; the runner builds it once manidp-with_sim-s<seed> (a need)
+    # is finished, and writes the plan from that run's record just before this one trains (prepare)
+    return dataclasses.replace(load_config("resnet20_l1", scale, overrides=deep_merge(QUIET, deep_merge(
+        deep_merge(_init(deps), _control(scale)),
+        {"method": {"name": "plan", "plan": str(_plan_file(deps, seed))}, "train": {"seed": seed}}))),
+        budget={})  # the plan is the structure: no budget
+
+
+def _write_static_plan(scale: str, seed: int, deps) -> None:
+    """Write the static mask of ``manidp-with_sim-s<seed>`` where the static sub-run's config names it."""
+    spec, layers = _model(scale)
+    f = _plan_file(deps, seed)
+    f.parent.mkdir(parents=True, exist_ok=True)
+    static_plan(spec, layers, deps.record(f"manidp-with_sim-s{seed}")).save(f)
+
+
+def _l1_config(scale: str, seed: int, deps):
+    spec, _ = _model(scale)
+    keep = deps.record(f"manidp-with_sim-s{seed}")["mean_macs"] / count(spec).macs
+    return load_config("resnet20_l1", scale, overrides=deep_merge(QUIET, deep_merge(
+        deep_merge(_init(deps), _control(scale)), {"budget": {"metric": "macs", "keep": round(keep, 6)},
+                                                   "train": {"seed": seed}})))
+
+
+def dense_record(run: Path, scale: str) -> dict:
+    """The dense checkpoint's record: its test accuracy, epochs and weights fingerprint, and (array
+    ``dense_test_ce``) its CE on every test image."""
     from ..train.trainer import weights_fingerprint
 
-    out, results_file, parts, runs = open_study("manidp", scale, out, results, parts, PARTS, collect=collect,
-                                                quiet=quiet)
-    prog = runs.progress_override
-    t0 = time.time()
+    res = read_json(run / "result.json")
+    return {"test_acc": res["final"]["test_acc"], "epochs": res["epochs"],
+            "weights_sha256": weights_fingerprint(run / "model.pt"),
+            ARRAYS: {"dense_test_ce": dense_test_ce(run, _dense_config(scale))}}
+
+
+def dynamic_record(run: Path, scale: str) -> dict:
+    """:func:`summarize_dynamic` as one record (its arrays under ``"arrays"``)."""
+    rec, arr = summarize_dynamic(run, _model(scale)[1])
+    return {**rec, ARRAYS: arr}
+
+
+def static_record(run: Path) -> dict:
+    """:func:`summarize_static` as one record."""
+    return summarize_static(run)[0]
+
+
+# ---------------------------------------------------------------------------------------------------
+# the study
+
+
+def _dynamic_runs(scale: str, parts: tuple) -> list[tuple]:
+    """``(variant, seed)`` of the dynamic sub-runs in the plan: with_sim at every seed (also when only the
+    controls are asked for: they are made from it), without_sim at the first seed (part ``manidp``)."""
     seeds = SETTINGS[scale]["seeds"]
-    dense_over = {"train": {"epochs": 30}} if scale == "cpu" else {}
-    dcfg = load_config("resnet20" if scale != "paper" else "resnet56", scale, overrides=deep_merge(prog, dense_over))
-    dense_dir = runs.get("dense", lambda d: train(dcfg, d, resume=True, quiet=quiet), "dense checkpoint")
-    study = {"study": "manidp", "scale": scale, "command": f"prunelab experiment manidp --scale {scale} --out {out}",
-             "variants": {}, "runs": [], "parts": list(parts), "seeds": list(seeds)}
-    arrays = {}
-    if dense_dir is None:
-        return _finish(study, runs, parts, results_file, arrays, t0, [])
-    dense = read_json(dense_dir / "result.json")
-    dense_sha = weights_fingerprint(dense_dir / "model.pt")
-    study["dense"] = {"test_acc": dense["final"]["test_acc"], "epochs": dense["epochs"], "weights_sha256": dense_sha}
-    arrays["dense_test_ce"] = dense_test_ce(dense_dir, dcfg)
-    earlier = Earlier(results_file, scale, dense_sha, runs.say)
-    init = {"stages": {"pretrain": {"init_from": str(dense_dir / "model.pt")}}}
-    base = load_config("resnet20_manidp", scale, overrides=deep_merge(prog, init))
-    spec = models.describe(models.create(base.model.name, **base.model.kwargs))
-    layers = [t.name for t in spec.select(("mid", "delta"))]
-    study.update({"model": base.model.name, "layers": layers, "channels": [spec.tensor(n).channels for n in layers],
-                  "dense_macs": count(spec).macs, "hyperparameters": base.method,
-                  "schedule": {"learn": base.stages["learn"]}})
-    learn = base.stages["learn"]
-
-    def subrun(name, cfg, make, summarize, label, **fields):
-        """The record (and arrays) of sub-run ``name``: finished here, reused from the committed results, or
-        trained now; None when missing."""
-        sha = config_sha(cfg)
-        d = runs.path(name)
-        if not runs.done(name):
-            got = earlier.get(name, sha)
-            if got is not None:
-                return got
-        d = runs.get(name, make, label)
-        if d is None:
-            return None
-        why = filed_elsewhere(d, cfg)
-        if why:  # a run of another setting in this folder: never aggregated under this one's name
-            runs.missing.append(f"{label} (refused: {why})")
-            runs.say(f"{label}: {d} is refused: {why}; move it away and rerun the study")
-            return None
-        try:
-            rec, arr = summarize(d)
-        except Exception as e:  # one damaged sub-run must not stop the study's other sub-runs from being collected
-            reason = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
-            runs.missing.append(f"{label} (damaged: {reason})")
-            runs.say(f"{label}: {d} is damaged ({reason}); skipped. Rerun it with --force in that folder, or delete it")
-            return None
-        return {**rec, **fields, "subrun": name, "config_sha256": sha}, arr
-
-    def add(got, prefix=None):
-        rec, arr = got
-        rec = {**rec, "prefix": prefix}
-        study["runs"].append(rec)
-        if prefix:
-            arrays.update({f"{prefix}/{k}": v for k, v in arr.items()})
-        return rec
-
-    dynamic = {}
+    out = []
+    if {"manidp", "static", "l1"} & set(parts):
+        out += [("with_sim", s) for s in seeds]
     if "manidp" in parts:
-        for variant, method in VARIANTS.items():
-            for seed in (seeds if variant == "with_sim" else seeds[:1]):
-                name = f"manidp-{variant}-s{seed}"
-                cfg = load_config("resnet20_manidp", scale, overrides=deep_merge(prog, deep_merge(init, {
-                    "method": method, "train": {"seed": seed}})))
-                got = subrun(name, cfg, lambda d, cfg=cfg: run_pipeline(cfg, d, resume=True, quiet=quiet),
-                             lambda d: summarize_dynamic(d, layers), f"ManiDP {variant} seed {seed}",
-                             variant=variant, seed=seed, lambda_sim=method["lambda_sim"])
-                if got is None:
-                    continue
-                rec = add(got, _prefix(variant, seed))
-                dynamic[(variant, seed)] = rec
+        out += [("without_sim", s) for s in seeds[:1]]
+    return out
+
+
+@register_study("manidp")
+class ManiDPStudy(Study):
+    """The ManiDP study as a plan: the dense checkpoint; ManiDP with L_sim at every seed and without it at
+    the first; per seed the static mask of the with-L_sim run (needs that run: its plan is made from its
+    record); l1 at the mean MACs of the first seed's with-L_sim run (needs it too)."""
+
+    parts = PARTS
+
+    def subruns(self, scale: str, parts: tuple) -> list[SubRun]:
+        seeds = SETTINGS[scale]["seeds"]
+        learn_epochs = int(_base(scale).stages["learn"].get("train", {}).get("epochs", 0)) or None
+        subs = [SubRun("dense", "train", lambda deps: _dense_config(scale), part="dense", label="dense checkpoint",
+                       summarize=lambda d: dense_record(d, scale), arrays="")]
+        for variant, seed in _dynamic_runs(scale, parts):
+            subs.append(SubRun(
+                f"manidp-{variant}-s{seed}", "pipeline",
+                lambda deps, variant=variant, seed=seed: _dynamic_config(scale, variant, seed, deps),
+                needs=("dense",), part="manidp", label=f"ManiDP {variant} seed {seed}", epochs=learn_epochs,
+                summarize=lambda d: dynamic_record(d, scale), arrays=_prefix(variant, seed)))
+        if "static" in parts:
+            for seed in seeds:
+                subs.append(SubRun(
+                    f"static-s{seed}", "pipeline", lambda deps, seed=seed: _static_config(scale, seed, deps),
+                    needs=("dense", f"manidp-with_sim-s{seed}"), inputs=("dense",), part="static",
+                    label=f"static mask seed {seed}",
+                    summarize=static_record, epochs=learn_epochs,
+                    prepare=lambda deps, seed=seed: _write_static_plan(scale, seed, deps)))
+        if "l1" in parts:
+            subs.append(SubRun(
+                f"l1-s{seeds[0]}", "pipeline", lambda deps: _l1_config(scale, seeds[0], deps),
+                needs=("dense", f"manidp-with_sim-s{seeds[0]}"), inputs=("dense",), part="l1",
+                label=f"l1 seed {seeds[0]}",
+                summarize=static_record, epochs=learn_epochs))
+        return subs
+
+    def aggregate(self, scale: str, parts: tuple, records: dict, out: Path) -> dict:
+        seeds = SETTINGS[scale]["seeds"]
+        base = _base(scale)
+        spec, layers = _model(scale)
+        study = {"study": "manidp", "scale": scale, "command": f"prunelab experiment manidp --scale {scale} --out {out}",
+                 "variants": {}, "runs": [], "parts": list(parts), "seeds": list(seeds)}
+        dense = records.get("dense")
+        if dense is not None:
+            study["dense"] = {k: dense[k] for k in ("test_acc", "epochs", "weights_sha256")}
+        study.update({"model": base.model.name, "layers": layers, "channels": [spec.tensor(n).channels for n in layers],
+                      "dense_macs": count(spec).macs, "hyperparameters": base.method,
+                      "schedule": {"learn": base.stages["learn"]}})
+
+        def row(rec: dict, name: str, prefix=None, **fields) -> dict:
+            return {**{k: v for k, v in rec.items() if k != ARRAYS}, **fields, "subrun": name, "prefix": prefix}
+
+        for variant, seed in _dynamic_runs(scale, parts):
+            name = f"manidp-{variant}-s{seed}"
+            if name in records:
+                r = row(records[name], name, _prefix(variant, seed), variant=variant, seed=seed,
+                        lambda_sim=VARIANTS[variant]["lambda_sim"])
+                study["runs"].append(r)
                 if seed == seeds[0]:
-                    study["variants"][variant] = rec
-                runs.say(f"ManiDP {variant} seed {seed}: {100 * rec['final_test_acc']:.2f}% test accuracy, mean test "
-                         f"MACs {rec['mean_macs'] / 1e6:.2f} M")
-
-    # the static controls: same checkpoint, epochs, optimiser and schedule as the dynamic runs
-    control = {"stages": {"learn": {"enabled": False},
-                          "finetune": {"enabled": True, "train": learn.get("train", {}), "optim": learn.get("optim", {}),
-                                       "schedule": learn.get("schedule", {})}}}
-    if "static" in parts:
-        for seed in seeds:
-            src = dynamic.get(("with_sim", seed))
-            if src is None:
-                runs.missing.append(f"static mask seed {seed} (needs ManiDP with_sim seed {seed})")
-                continue
-            plan = static_plan(spec, layers, src)
-            plan_file = out / "plans" / f"static-s{seed}.json"
-            if not runs.collect:
-                plan_file.parent.mkdir(parents=True, exist_ok=True)
-                plan.save(plan_file)
-            cfg = dataclasses.replace(load_config("resnet20_l1", scale, overrides=deep_merge(prog, deep_merge(
-                deep_merge(init, control), {"method": {"name": "plan", "plan": str(plan_file)}, "train": {"seed": seed}}))),
-                budget={})  # the plan is the structure: no budget
-            got = subrun(f"static-s{seed}", cfg, lambda d, cfg=cfg: run_pipeline(cfg, d, resume=True, quiet=quiet),
-                         summarize_static, f"static mask seed {seed}", variant="static", seed=seed,
-                         source=src["subrun"], plan=plan.to_dict())
-            if got is not None:
-                rec = add(got)
-                runs.say(f"static mask seed {seed}: {100 * rec['final_test_acc']:.2f}% at {rec['mean_macs'] / 1e6:.2f} M")
-    if "l1" in parts:
-        src = dynamic.get(("with_sim", seeds[0]))
-        if src is None:
-            runs.missing.append(f"l1 seed {seeds[0]} (needs ManiDP with_sim seed {seeds[0]})")
-        else:
-            keep = src["mean_macs"] / study["dense_macs"]
-            cfg = load_config("resnet20_l1", scale, overrides=deep_merge(prog, deep_merge(deep_merge(init, control), {
-                "budget": {"metric": "macs", "keep": round(keep, 6)}, "train": {"seed": seeds[0]}})))
-            got = subrun(f"l1-s{seeds[0]}", cfg, lambda d, cfg=cfg: run_pipeline(cfg, d, resume=True, quiet=quiet),
-                         summarize_static, f"l1 seed {seeds[0]}", variant="l1", seed=seeds[0], source=src["subrun"])
-            if got is not None:
-                rec = add(got)
-                runs.say(f"l1 seed {seeds[0]}: {100 * rec['final_test_acc']:.2f}% at {rec['mean_macs'] / 1e6:.2f} M")
-    return _finish(study, runs, parts, results_file, arrays, t0, earlier.used)
+                    study["variants"][variant] = r
+        for seed in seeds if "static" in parts else ():
+            src = f"manidp-with_sim-s{seed}"
+            if f"static-s{seed}" in records:  # its plan: a function of its source's record (None if that is damaged)
+                plan = static_plan(spec, layers, records[src]).to_dict() if src in records else None
+                study["runs"].append(row(records[f"static-s{seed}"], f"static-s{seed}", variant="static", seed=seed,
+                                         source=src, plan=plan))
+        if "l1" in parts and f"l1-s{seeds[0]}" in records:
+            study["runs"].append(row(records[f"l1-s{seeds[0]}"], f"l1-s{seeds[0]}", variant="l1", seed=seeds[0],
+                                     source=f"manidp-with_sim-s{seeds[0]}"))
+        # filled in by the runner (listed here to keep the results file's key order)
+        study.update({"missing": [], "reused_subruns": [], "complete": False, "wall_time_s": None, "created": None})
+        return study
 
 
-def _finish(study, runs, parts, results_file, arrays, t0, reused) -> dict:
-    seeds = study["seeds"]
-    expected = {"manidp": len(seeds) + 1, "static": len(seeds), "l1": 1}
-    have = {"manidp": sum(r["kind"] == "dynamic" for r in study["runs"]),
-            "static": sum(r.get("variant") == "static" for r in study["runs"]),
-            "l1": sum(r.get("variant") == "l1" for r in study["runs"])}
-    study["missing"] = runs.missing
-    study["reused_subruns"] = list(reused)
-    study["complete"] = (not runs.missing and set(parts) == set(PARTS) and "dense" in study
-                         and all(have[k] == expected[k] for k in expected))
-    study["wall_time_s"] = time.time() - t0
-    study["created"] = time.strftime("%Y-%m-%d %H:%M")
-    written = write_results(results_file, study, runs.say)
-    if arrays:  # beside the JSON it belongs to (a partial study's arrays beside the partial file), whole or not at all
-        import io
-
-        from ..utils import atomic_write_bytes
-
-        buf = io.BytesIO()
-        np.savez_compressed(buf, **arrays)
-        atomic_write_bytes(written.with_suffix(".npz"), buf.getvalue())
-    study["arrays_file"] = str(written.with_suffix(".npz"))
-    runs.say(f"results written to {written}")
-    return study
+def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, results=None, collect=False,
+        executor=None, shard=None) -> dict:
+    """Run (or continue) the ManiDP study at ``scale`` on the study runner (:mod:`.runner`); writes the
+    results JSON and its arrays (NPZ). ``collect``: train nothing, aggregate the finished sub-runs and
+    list the missing ones."""
+    return Runner("manidp", scale, out, parts=parts, results=results, collect=collect, quiet=quiet,
+                  executor=executor, shard=shard).run()

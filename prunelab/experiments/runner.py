@@ -14,7 +14,9 @@ and an ``aggregate`` that turns their records into the results file. The runner
   one GPU or a share of the CPU threads per worker, Ray or Slurm through :mod:`.engines`), as many at
   once as the executor has slots, and resolves again as each finishes, so dependencies are respected;
 * writes the results (with every sub-run's record and fingerprint under ``"subruns"``, what is missing,
-  and the provenance fingerprints) through :func:`~prunelab.experiments.write_results`.
+  and the provenance fingerprints) through :func:`~prunelab.experiments.write_results`; the numpy
+  arrays a record carries under ``"arrays"`` go to the ``.npz`` beside that file (key
+  ``<SubRun.arrays>/<name>``), so that they too are reused on a machine without the run directory.
 
 Fingerprints name a sub-run by its settings, as OpenLTH names runs by a hash of their hyper-parameters
 (facebookresearch/open_lth@2ce732f, ``foundations/desc.py``): the sha256 of its resolved config (paths,
@@ -47,12 +49,14 @@ STUDIES: dict[str, "Study"] = {}
 # config keys that do not change what a sub-run computes (where it runs, how it reports, where its
 # inputs lie: an input's own fingerprint stands for it)
 NEUTRAL_KEYS = (("train", "progress"), ("train", "device"), ("train", "threads"), ("train", "tensorboard"),
-                ("train", "init_from"), ("data", "root"), ("method", "plan"), ("method", "teacher"))
+                ("train", "init_from"), ("data", "root"), ("method", "plan"), ("method", "teacher"),
+                ("model", "imports"))  # absolute paths of --import files: where, not what
 # options of a sub-run that name its inputs' files (the needs' fingerprints stand for them)
 NEUTRAL_OPTIONS = ("init_from", "teacher")
 # the code an iterative chain runs besides its config's method: the shrink rules and the L1 score
 ITERATIVE_CODE = ("prunelab/workflows/iterative.py", "prunelab/methods/l1.py")
 KINDS = ("train", "pipeline", "iterative")
+ARRAYS = "arrays"  # the key under which a record carries its numpy arrays ({name: ndarray})
 
 
 @dataclasses.dataclass
@@ -75,6 +79,9 @@ class SubRun:
     summarize: Callable | None = None
     epochs: int | None = None  # schedule length when the config cannot be built yet (waiting): for --plan
     options: object = dataclasses.field(default_factory=dict)  # dict, or options(deps) -> dict
+    arrays: str | None = None  # npz key prefix of the record's "arrays" (None: the sub-run's name)
+    inputs: tuple | None = None  # the needs whose run directories it reads (None: all of needs)
+    prepare: Callable | None = None  # prepare(deps): write the inputs its config names, before it runs
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -140,7 +147,7 @@ def get_study(name: str) -> Study:
 def _import_studies():
     import importlib
 
-    for mod in ("pfs_study", "ddnp_study", "quickstart_study", "bar_study"):  # the studies on the runner (the others still run their own loops)
+    for mod in ("pfs_study", "ddnp_study", "quickstart_study", "bar_study", "manidp_study"):  # every study is on the runner
         importlib.import_module(f".{mod}", __package__)
 
 
@@ -225,7 +232,8 @@ def _first_difference(a, b, prefix=""):
 
 def committed_records(results_file: Path, scale: str) -> dict:
     """``{name: {"fingerprint", "record", ...}}`` of the sub-runs recorded in the committed results file
-    (and its ``.partial.json`` sibling; the complete file wins)."""
+    (and its ``.partial.json`` sibling; the complete file wins). A record whose arrays (``"arrays"``:
+    ``{name: npz key}``) are not all in the ``.npz`` beside its file is left out (it cannot be reused)."""
     out = {}
     for f in (results_file.with_name(results_file.stem + ".partial.json"), results_file):
         try:
@@ -234,10 +242,37 @@ def committed_records(results_file: Path, scale: str) -> dict:
             continue
         if old.get("scale") != scale:
             continue
+        npz = None
         for name, ent in (old.get("subruns") or {}).items():
-            if isinstance(ent, dict) and ent.get("fingerprint") and "record" in ent:
-                out[name] = {**ent, "made_at_commit": ent.get("made_at_commit") or old.get("commit")}
+            if not (isinstance(ent, dict) and ent.get("fingerprint") and "record" in ent):
+                continue
+            ent = {**ent, "made_at_commit": ent.get("made_at_commit") or old.get("commit")}
+            if ent.get("arrays"):
+                if npz is None:
+                    npz = _load_npz(f.with_suffix(".npz"))
+                if not all(k in npz for k in ent["arrays"].values()):
+                    out.pop(name, None)  # an older file's copy would not match this file's record either
+                    continue
+                ent["record"] = {**ent["record"], ARRAYS: {n: npz[k] for n, k in ent["arrays"].items()}}
+            out[name] = ent
     return out
+
+
+def _load_npz(path: Path) -> dict:
+    """Every array of the ``.npz`` at ``path`` (empty when it is missing or unreadable)."""
+    import numpy as np
+
+    try:
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError):
+        return {}
+
+
+def array_key(sub: SubRun, name: str) -> str:
+    """The ``.npz`` key of array ``name`` of sub-run ``sub``'s record."""
+    prefix = sub.name if sub.arrays is None else sub.arrays
+    return f"{prefix}/{name}" if prefix else name
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -285,6 +320,7 @@ class State:
     options: dict = dataclasses.field(default_factory=dict)
     note: str = ""
     log: str = ""
+    damaged: bool = False  # finished on disk, but its files cannot be read into a record
 
 
 class Runner:
@@ -305,6 +341,9 @@ class Runner:
             raise ValueError(f"study {name}: sub-run names repeat")
         self.index = {s.name: i for i, s in enumerate(self.subs)}
         for s in self.subs:
+            if s.inputs is not None and not set(s.inputs) <= set(s.needs):
+                raise ValueError(f"study {name}: {s.name} reads the folders of {set(s.inputs) - set(s.needs)}, "
+                                 f"which are not among its needs")
             for n in s.needs:
                 if self.index.get(n, len(self.subs)) >= self.index[s.name]:
                     raise ValueError(f"study {name}: {s.name} needs {n}, which is not listed before it")
@@ -330,7 +369,8 @@ class Runner:
         sub = st.sub
         if st.state in ("done", "reused", "failed", "running"):
             return
-        waiting = [n for n in sub.needs if n not in self.records]
+        # a damaged need still has its fingerprint: a dependent already finished on disk is collected
+        waiting = [n for n in sub.needs if n not in self.records and not self.states[n].damaged]
         if waiting:
             st.state, st.note = "waiting", "needs " + ", ".join(waiting)
             return
@@ -348,15 +388,18 @@ class Runner:
             why = filed_elsewhere(d, cfg)
             if why:
                 st.state, st.note = "missing", f"refused: {why}; move {d} away and rerun"
+                st.damaged = why.startswith("its config.yaml cannot be read")  # damaged, not another setting's
                 return
             if not summarize:
                 st.state = "done"
                 return
             try:
+                problem = result_problem(sub.kind, d)
+                if problem:
+                    raise DamagedRun(problem)
                 rec = (sub.summarize or default_record)(d)
             except Exception as e:  # one damaged sub-run must not stop the others from being collected
-                st.state, st.note = "missing", (f"damaged: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
-                                                f"; rerun it with --force in that folder, or delete it")
+                st.state, st.damaged, st.note = "missing", True, damaged_note(e, d)
                 return
             self.records[sub.name], st.state = rec, "done"
             return
@@ -368,6 +411,10 @@ class Runner:
         if _locked(d):
             st.state, st.note = "running", "another process holds its run directory"
             return
+        bad = [n for n in sub.needs if self.states[n].damaged]
+        if bad:  # never trained from a damaged sub-run's folder
+            st.state, st.note = "waiting", "needs " + ", ".join(bad) + ", which is damaged (see its line)"
+            return
         if self.collect and not self.planning:
             st.state = "missing"
             return
@@ -375,7 +422,8 @@ class Runner:
             st.state, st.note = "other-shard", f"shard {self.index[sub.name] % self.shard[1] + 1}/{self.shard[1]}"
             return
         # a needed sub-run known only from the committed results must be rerun first: its folder is an input
-        gone = [n for n in sub.needs if self.states[n].state == "reused" and not is_done(self.out / n)]
+        gone = [n for n in (sub.needs if sub.inputs is None else sub.inputs)
+                if self.states[n].state == "reused" and not is_done(self.out / n)]
         if gone:
             st.state, st.note = "waiting", "needs the run directories of " + ", ".join(gone) + " (rerun first)"
             for n in gone:
@@ -430,6 +478,8 @@ class Runner:
                 free = getattr(ex, "slots", 1) - len(running)
                 for st in [s for s in self.states.values() if s.state == "ready" and s.sub.name not in running][:max(0, free)]:
                     self.say(f"{st.sub.label}: starting ({st.sub.kind}, log {self.log_path(st.sub.name)})")
+                    if st.sub.prepare is not None:
+                        st.sub.prepare(Deps(self.out, self.records))
                     running[st.sub.name] = ex.submit(self.task(st))
                 if not running:
                     break  # nothing running and nothing ready: all finished, or waiting on what cannot run here
@@ -471,9 +521,59 @@ class Runner:
         return {st.sub.label: st.state + (f": {st.note}" if st.note else "")
                 for st in self.states.values() if st.state not in ("done", "reused")}
 
+    def _aggregate(self) -> dict:
+        """The study's ``aggregate`` of the records; a record it cannot read (a damaged or foreign run's
+        summary, or a committed one of another shape) is found by adding the records one by one in plan
+        order, left out, and listed as damaged with the error, so that one bad record never stops the
+        others from being aggregated."""
+        try:
+            return self.study.aggregate(self.scale, self.parts, dict(self.records), self.out)
+        except Exception as e:  # noqa: BLE001 - find the record(s) it cannot read
+            first = e
+        try:
+            self.study.aggregate(self.scale, self.parts, {}, self.out)
+        except Exception:  # noqa: BLE001 - not a record's fault (e.g. a study that refuses without its teacher)
+            bad = [f"{st.sub.label}: {st.note}" for st in self.states.values()
+                   if st.damaged or st.note.startswith("refused")]
+            if bad and first.args and isinstance(first.args[0], str):  # say why what it needs is missing
+                first.args = (f"{first.args[0]}; " + "; ".join(bad),) + first.args[1:]
+            raise first from None
+        good: dict = {}
+        for name in [s.name for s in self.subs if s.name in self.records]:
+            trial = {**good, name: self.records[name]}
+            try:
+                self.study.aggregate(self.scale, self.parts, trial, self.out)
+            except Exception as e:  # noqa: BLE001
+                st = self.states[name]
+                if st.state == "reused":
+                    st.note = (f"damaged: its record in {self.results_file} cannot be aggregated ({_error_line(e)}); "
+                               f"remove subruns.{name} from that file and rerun the study to train it again")
+                else:
+                    st.note = (f"damaged: its record cannot be aggregated ({_error_line(e)}); move {self.out / name} "
+                               f"away (or delete it) and rerun the study to train it again")
+                st.state, st.damaged = "missing", True
+                self.records.pop(name)
+                self.say(f"{st.sub.label}: {st.note}")
+                continue
+            good = trial
+        return self.study.aggregate(self.scale, self.parts, dict(self.records), self.out)
+
     def _write(self, wall: float) -> dict:
-        res = self.study.aggregate(self.scale, self.parts, dict(self.records), self.out)
+        res = self._aggregate()
         missing = self.missing()
+        arrays, subruns = {}, {}
+        for n, rec in self.records.items():
+            st = self.states[n]
+            ent = {"fingerprint": st.fingerprint, "kind": st.sub.kind}
+            if isinstance(rec, dict) and ARRAYS in rec:
+                keys = {a: array_key(st.sub, a) for a in rec[ARRAYS]}
+                arrays.update({keys[a]: v for a, v in rec[ARRAYS].items()})
+                rec = {k: v for k, v in rec.items() if k != ARRAYS}
+                ent["arrays"] = keys
+            ent["record"] = rec
+            if st.state == "reused":
+                ent["made_at_commit"] = self.earlier[n].get("made_at_commit")
+            subruns[n] = ent
         res.update({
             "study": self.study.name, "scale": self.scale, "parts": list(self.parts),
             "command": f"prunelab experiment {self.study.name} --scale {self.scale} --out {self.out}",
@@ -482,15 +582,70 @@ class Runner:
             "complete": not missing and set(self.parts) == set(self.study.parts),
             "reused_subruns": [st.sub.name for st in self.states.values() if st.state == "reused"],
             "wall_time_s": wall, "created": time.strftime("%Y-%m-%d %H:%M"),
-            "subruns": {n: {"fingerprint": self.states[n].fingerprint, "kind": self.states[n].sub.kind,
-                            "record": rec,
-                            **({"made_at_commit": self.earlier[n].get("made_at_commit")}
-                               if self.states[n].state == "reused" else {})}
-                        for n, rec in self.records.items()},
+            "subruns": subruns,
         })
         written = write_results(self.results_file, res, self.say)
+        if arrays:  # beside the JSON they belong to (a partial study's beside the partial file), whole or not at all
+            import io
+
+            import numpy as np
+
+            from ..utils import atomic_write_bytes
+
+            buf = io.BytesIO()
+            np.savez_compressed(buf, **arrays)
+            atomic_write_bytes(written.with_suffix(".npz"), buf.getvalue())
+            res["arrays_file"] = str(written.with_suffix(".npz"))
         self.say(f"results written to {written}" + (f"; missing {len(missing)} sub-runs" if missing else ""))
         return res
+
+
+class DamagedRun(Exception):
+    """A finished sub-run's files are not what a finished run of its kind writes."""
+
+
+# what every finished run of a kind writes in result.json: key -> the type its value has
+RESULT_KEYS = {
+    "train": {"final": dict, "epochs": int},
+    "pipeline": {"dense_test_acc": float, "final_test_acc": float, "budget_report": dict, "pruned_cost": dict},
+    "iterative": {"final_test_acc": float, "steps": list},
+}
+
+
+def result_problem(kind: str, run_dir: Path) -> str | None:
+    """What makes ``run_dir/result.json`` not the result of a finished ``kind`` run (None: nothing): not a
+    JSON object, or a key every such result has missing or of another type."""
+    from ..runfiles import read_record
+
+    res = read_record(Path(run_dir) / "result.json", "sub-run")
+    for key, tp in RESULT_KEYS.get(kind, {}).items():
+        v = res.get(key)
+        if tp is float:
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+        elif tp is int:
+            ok = isinstance(v, int) and not isinstance(v, bool)
+        else:
+            ok = isinstance(v, tp)
+        if not ok:
+            return (f"{Path(run_dir) / 'result.json'} " + (f"has no {key!r}" if key not in res else
+                                                            f"has {key}={v!r:.40}, not a {tp.__name__}"))
+    return None
+
+
+def _error_line(e: Exception) -> str:
+    msg = str(e).splitlines()[0][:160] if str(e) else ""
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+
+
+def damaged_note(e: Exception, run_dir: Path) -> str:
+    """The ``why_missing`` note of a finished sub-run whose files cannot be read."""
+    from ..errors import PrunelabError
+
+    if isinstance(e, (DamagedRun, PrunelabError)):  # their own words, without their advice (given here)
+        what = str(e).splitlines()[0].split("; ")[0][:200]
+    else:
+        what = _error_line(e)
+    return f"damaged: {what}; move {run_dir} away (or delete it) and rerun the study to train it again"
 
 
 def _locked(d: Path) -> bool:

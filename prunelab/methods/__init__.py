@@ -31,6 +31,12 @@ def list_methods() -> list[str]:
 
 
 def get(name: str) -> type:
+    """The method class registered as ``name``; before calling a name unknown, the ``prunelab.plugins``
+    entry points are loaded (a method registered outside the package)."""
+    if name not in _METHODS:
+        from ..plugins import load_auto
+
+        load_auto()
     if name not in _METHODS:
         raise UnknownNameError("method", name, _METHODS)
     return _METHODS[name]

@@ -21,6 +21,7 @@ network with the structure's masks, computing what the compact network must comp
 
 from __future__ import annotations
 
+import warnings
 from typing import ClassVar
 
 import numpy as np
@@ -29,6 +30,7 @@ import torch.nn as nn
 
 from ..errors import ConfigError
 from ..hooks import Hook
+from ..models.registry import describe
 from ..models.spec import ModelSpec
 from ..pruning.budget import Budget, solve_budget
 from ..pruning.compact import compact
@@ -52,7 +54,12 @@ class Method(Hook):
             result's module is fine-tuned as it is.
         budget_tolerance: relative tolerance within which :meth:`finalize` meets a budget by
             selection; None when the budget is reached by training instead (BAR's barrier, L0's
-            penalty), so that the selected cost depends on how long the method trained.
+            penalty), so that the selected cost depends on how long the method trained. A selection
+            that ends outside it warns (:class:`OffBudgetWarning`) and says so in its report
+            (``extra["off_budget"]``).
+        honours_groups: :meth:`select` gives the contributors of a residual trunk one mask when
+            ``groups: trunk`` is set (the budget solver's selections); False for methods whose gates
+            decide each tensor on its own (BAR, L0, DDNP).
     """
 
     name: ClassVar[str] = "base"
@@ -63,6 +70,7 @@ class Method(Hook):
     extracts: ClassVar[bool] = False
     budget_tolerance: ClassVar[float | None] = 0.01
     needs_budget: ClassVar[bool] = True
+    honours_groups: ClassVar[bool] = True
 
     def __init__(self, **options):
         self.options = parse_options(self.Options, options, self.name)
@@ -102,13 +110,64 @@ class Method(Hook):
 
     def check(self, spec: ModelSpec, budget: Budget | None) -> None:
         """Checks against the model and the budget, run before a pipeline writes or trains anything:
-        the gate slots exist, a budget is given where one is needed, and :meth:`prepare` accepts them."""
+        the gate slots exist, a budget is given where one is needed, the result can be compacted on
+        this model (:meth:`check_compactable`), and :meth:`prepare` accepts them."""
         if self.needs_budget and budget is None:
             raise ConfigError(f"method {self.name} needs a budget (e.g. budget: {{metric: macs, keep: 0.5}})")
         if not self.tensors(spec):
             raise ConfigError(f"method {self.name} finds no gated tensors for slots {list(self.slots(spec))} in "
                               f"{spec.model}; set method.slots to some of {spec.slots()}")
+        self.check_compactable(spec)
         self.prepare(spec, budget)
+
+    def folds_gates(self) -> bool:
+        """Whether the result is compacted from the gated network, its gate values folded into the layer
+        before each gate (BAR's and L0's ``post_prune_scale: zhat``, DDNP's extraction)."""
+        return False
+
+    def check_compactable(self, spec: ModelSpec) -> None:
+        """Refuse, before training, a placement whose static result compaction cannot build on ``spec``:
+        residual trunks whose members would keep different channels where compaction slices one
+        channel set per trunk (every model family but the CIFAR ResNets'), and gate values to fold into
+        a Linear. Dynamic results are never compacted."""
+        if self.result_kind == "dynamic":
+            return
+        tensors = self.tensors(spec)
+        if not splits_trunks(spec):
+            self._check_trunks_whole(spec, {t.name for t in tensors})
+        if self.folds_gates():
+            linear = [t for t in tensors if _producer_kind(spec, t) == "linear"]
+            if linear:
+                t = linear[0]
+                raise ConfigError(f"method {self.name} compacts its gated network, folding each gate's values into "
+                                  f"the layer before it, and compaction folds into BatchNorm2d and Conv2d only: "
+                                  f"{t.name} (slot {t.slot!r}) is a Linear's output; drop {t.slot!r} from "
+                                  f"method.slots (e.g. method.slots: {_slots_without(spec, self.slots(spec), t.slot)})")
+
+    def _check_trunks_whole(self, spec: ModelSpec, gated: set) -> None:
+        """Every residual trunk is gated whole, with one mask (``groups: trunk``), or not at all."""
+        def off_trunk(slots):
+            return [s for s in slots if all(t.trunk is None for t in spec.select((s,)))]
+
+        outside = off_trunk(self.slots(spec)) or off_trunk(spec.slots())
+        for trunk, members in spec.trunks().items():
+            mine = [n for n in members if n in gated]
+            if not mine:
+                continue
+            where = (f"compaction of {spec.model} (family {spec.family!r}) keeps one channel set per residual "
+                     f"trunk, and trunk {trunk} is added from {', '.join(members)}")
+            if len(mine) < len(members):
+                missing = [n for n in members if n not in gated]
+                slots = sorted({spec.tensor(n).slot for n in missing})
+                raise ConfigError(f"method {self.name} gates {', '.join(mine)} but not {', '.join(missing)}: {where}; "
+                                  f"add slots {slots} to method.slots or use slots outside the trunks "
+                                  f"(method.slots: {outside})")
+            if not self.honours_groups:
+                raise ConfigError(f"method {self.name} decides each gated tensor on its own: {where}; set "
+                                  f"method.slots to slots outside the trunks (method.slots: {outside})")
+            if self.options.groups != "trunk":
+                raise ConfigError(f"method {self.name} with groups: none selects each gated tensor's channels on "
+                                  f"its own: {where}; set method.groups: trunk or method.slots: {outside}")
 
     # -- selection ---------------------------------------------------------------------------------
     def scores(self, model: nn.Module, spec: ModelSpec) -> dict[str, np.ndarray]:
@@ -136,6 +195,10 @@ class Method(Hook):
     def finalize(self, model: nn.Module, spec: ModelSpec, budget: Budget | None) -> PrunedResult:
         """The pruned result at the end of the learn stage (static: structure + compact network)."""
         structure, report = self.select(model, spec, budget)
+        if self.budget_tolerance is not None and report.target is not None and report.achieved is not None:
+            flag_off_budget(self.name, report, report.metric, report.achieved, report.target,
+                            below=self.budget_tolerance, hint="method.min_channels, the budget's round_to or "
+                            "mode: uniform's per-layer steps may hold it off the target")
         structure.meta = {**structure.meta, "method": self.config(), "report": report.to_dict()}
         return StaticResult(self.hard_prune(model, structure), structure, report)
 
@@ -156,14 +219,59 @@ class Method(Hook):
         from ..pruning.gates import strip_gates
 
         net = model.net if isinstance(model, GatedModel) else model
+        spec = self.spec if self.spec is not None and self.spec.model == structure.model else None
+        if spec is None:  # the dense network's own description (a traced model cannot be described again)
+            spec = model.spec if isinstance(model, GatedModel) else describe(net)
         net = strip_gates(copy.deepcopy(net))
         net.__dict__.pop("_prunelab_spec", None)
-        spec = self.spec if self.spec is not None and self.spec.model == structure.model else None
         gates = {n: FixedGate(v) for n, v in self.kept_values(model, structure).items()}
         return GatedModel(net, gates, spec, fuse_bn=False)
 
     def finetune_hooks(self) -> list:
         return []
+
+
+class OffBudgetWarning(UserWarning):
+    """A method's result ended outside the tolerance it documents around its budget."""
+
+
+def flag_off_budget(method: str, report: SelectReport, metric: str, achieved: float, target: float, *,
+                    below: float, above: float = 0.0, hint: str = "") -> bool:
+    """Warn and record in ``report.extra["off_budget"]`` when ``achieved`` is more than ``below``
+    (relative) under ``target`` or more than ``above`` over it; returns whether it was off.
+    ``hint``: what to change to meet it, appended to the warning.
+
+    A budget missed silently reads as a method's result at that budget; the warning reaches the
+    console and the record reaches ``result.json`` (the report's extra fields are written there)."""
+    gap = (achieved - target) / target
+    if -below - 1e-9 <= gap <= above + 1e-9:
+        return False
+    report.extra["off_budget"] = {"metric": metric, "target": float(target), "achieved": float(achieved),
+                                  "relative_gap": float(gap), "tolerance": [-float(below), float(above)]}
+    warnings.warn(f"{method} ended off its budget: {metric} {achieved:.4g} against a target of {target:.4g} "
+                  f"({100 * gap:+.1f}%, outside its tolerance of -{100 * below:.3g}%/+{100 * above:.3g}%); the result "
+                  f"is not one at the budget (see off_budget in the report){'; ' + hint if hint else ''}",
+                  OffBudgetWarning, stacklevel=3)
+    return True
+
+
+def splits_trunks(spec: ModelSpec) -> bool:
+    """Whether compaction of ``spec``'s family can give the members of a residual trunk different
+    channels (the CIFAR ResNets' mixed blocks gather and scatter them; the generic engine slices one
+    set per trunk). A family compaction declares it with a ``splits_trunks`` attribute."""
+    from ..pruning.compact import family_compaction
+    from ..pruning.compact_resnet import CifarResNetCompaction
+
+    family = family_compaction(spec)
+    return bool(getattr(family, "splits_trunks", isinstance(family, CifarResNetCompaction)))
+
+
+def _producer_kind(spec: ModelSpec, tensor) -> str | None:
+    return next((op.kind for op in spec.ops if op.name == tensor.conv), None)
+
+
+def _slots_without(spec: ModelSpec, slots, slot: str) -> list:
+    return [s for s in slots if s != slot] or [s for s in spec.slots() if s != slot]
 
 
 def _kwargs(model):

@@ -38,7 +38,8 @@ output element (DDNP's resource convention: 126.59 M ops for ResNet-56); p is th
 Evaluation and extraction: no noise, channels ranked by sbar, the top round(k_l C_l) kept (at least
 ``min_channels``). The eval-mode masked network equals the extracted one; the pipeline extracts the
 generated result into a static network (:attr:`Method.extracts`) and fine-tunes that on the full
-training set.
+training set. A search that ends with |R - p| > 0.02 (too short, or lambda too weak) warns
+(:class:`~prunelab.methods.base.OffBudgetWarning`) and records ``off_budget`` in its report.
 
 Variants (supplement Fig. A1 d/e; ``variant``): ``fix_s`` (importance fixed to the L1 norm of each
 channel's conv1 filter, data-free, D9: only terms 2 and 3, the CE is logged but not trained on),
@@ -66,7 +67,7 @@ from ..hooks import ParamGroup
 from ..pruning.gates import Controller, GatedModel, GeneratedGate, attach_gates, strip_gates
 from ..pruning.result import GeneratedResult, SelectReport
 from . import register
-from .base import Method
+from .base import Method, flag_off_budget
 from .l1 import filter_l1
 from .options import Literal, MethodOptions, dataclass, field
 
@@ -76,6 +77,7 @@ SOFT_RANGE = 0.05  # half-width of the soft top-k, as a fraction of C
 FLOOR = 0.025  # added to the training profile
 EMA = 0.99  # importance EMA rate
 JITTER = 0.02  # eps_l of the alignment term
+R_TOLERANCE = 0.02  # |R - p| within which the search reached p (the held-out selection's rule)
 FIX_S_TEMPERATURE = 0.7  # the Fix-S gate sigmoid((score - mean) / 0.7) (official code)
 
 
@@ -425,8 +427,12 @@ class DisentangledPruning(Method):
     Options = DDNPOptions
     result_kind = "generated"
     extracts = True  # the pipeline fine-tunes the extracted static network, not the generators
-    budget_tolerance = None  # the resource loss reaches p by training
+    budget_tolerance = None  # the resource loss reaches p by training (within R_TOLERANCE, else a warning)
     needs_budget = False
+    honours_groups = False  # the generators give every pruned tensor its own widths and channels
+
+    def folds_gates(self):
+        return True  # extraction compacts the gated network (GeneratedResult.to_static)
 
     def __init__(self, **options):
         super().__init__(**options)
@@ -609,7 +615,8 @@ class DisentangledPruning(Method):
             if split in trainer.last_eval:
                 rec[f"{split}_acc"] = trainer.last_eval[split]["acc"]
         if (self.options.selection == "heldout" and "val_acc" in rec and epoch + 1 > trainer.cfg.epochs // 2
-                and abs(rec["R_hard"] - self.p) <= 0.02 and (self.best is None or rec["val_acc"] > self.best["val_acc"])):
+                and abs(rec["R_hard"] - self.p) <= R_TOLERANCE
+                and (self.best is None or rec["val_acc"] > self.best["val_acc"])):
             self.best = {"epoch": epoch + 1, "val_acc": rec["val_acc"],
                          "controller": {k: v.detach().cpu().clone() for k, v in ctrl.state_dict().items()}}
         self.log.append(rec)
@@ -660,6 +667,9 @@ class DisentangledPruning(Method):
                  "dense_macs": float(count(spec).macs)}
         report = SelectReport("hard top-k of the EMA importance, widths round(k_l C_l)", "macs", None, achieved,
                               widths, extra)
+        # a search too short (or lambda too weak) stops short of p, e.g. R = 0.95 against p = 0.5
+        flag_off_budget(self.name, report, "R", extra["R_hard"], self.p, below=R_TOLERANCE / self.p,
+                        above=R_TOLERANCE / self.p, hint="search longer (train.epochs) or raise method.lambda")
         return GeneratedResult(model, report, self.config())
 
 

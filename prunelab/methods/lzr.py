@@ -89,9 +89,12 @@ def hard_concrete_gated(method: Method, net):
 
 
 def zhat_values(model, structure) -> dict:
-    """Kept channels' frozen deterministic gate values (``post_prune_scale: zhat``), dead channels 0."""
-    return {n: g.values().detach().cpu().float() * torch.as_tensor(structure.masks()[n], dtype=torch.float32)
-            for n, g in model.items()}
+    """Kept channels' frozen deterministic gate values (``post_prune_scale: zhat``), dead channels 0, for
+    every tensor of the structure: one without a gate (a residual branch's delta that dead-branch removal
+    emptied when only ``mid`` is gated) keeps its channels at 1."""
+    gates = dict(model.items())
+    kept = {n: torch.as_tensor(m, dtype=torch.float32) for n, m in structure.masks().items()}
+    return {n: m * gates[n].values().detach().cpu().float() if n in gates else m for n, m in kept.items()}
 
 
 class HardConcreteMethod(Method):
@@ -100,9 +103,13 @@ class HardConcreteMethod(Method):
 
     Options = HardConcreteOptions
     slot_set = "outputs"
+    honours_groups = False  # one Hard Concrete gate per tensor decides its channels
 
     def attach(self, net):
         return hard_concrete_gated(self, net)
+
+    def folds_gates(self):
+        return self.options.post_prune_scale == "zhat"
 
     def kept_values(self, model, structure):
         if self.options.post_prune_scale == "zhat":
@@ -113,8 +120,8 @@ class HardConcreteMethod(Method):
         if self.options.post_prune_scale == "zhat":
             import copy
 
-            gates = {n: FixedGate(v.to(g.values().device)) for (n, g), v in
-                     zip(model.items(), zhat_values(model, structure).values())}
+            device = next(model.net.parameters()).device
+            gates = {n: FixedGate(v.to(device)) for n, v in zhat_values(model, structure).items()}
             # on a copy: attaching the fixed gates to model.net would replace the learned gates' hooks
             # in the caller's network (it would then compute with the frozen values)
             net = strip_gates(copy.deepcopy(model.net))

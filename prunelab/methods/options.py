@@ -38,6 +38,9 @@ class MethodOptions:
         """Checks across fields (raise :class:`ConfigError`); subclasses extend it."""
         if self.min_channels < 1:
             raise ConfigError(f"method option min_channels must be >= 1, got {self.min_channels}")
+        if self.slots is not None and not self.slots:  # an empty list would fall back to the defaults silently
+            raise ConfigError("method.slots must name at least one slot (e.g. [mid]), got []; leave it out "
+                              "for the model's default set")
 
 
 def key_of(f: dataclasses.Field) -> str:

@@ -11,8 +11,10 @@
    density (fraction of gates != 0) is <= r and the held-out accuracy is the best so far; if that never
    happens, keep the final gates.
 4. Structure: one global ranking of the gates with MAC bisection relative to the **unexpanded**
-   default-width network (P5); ties broken by (gate desc, layer, channel) (P1), at least one channel
-   per layer (P2), the largest count that fits (P3; ``refine: true`` adds channels one by one).
+   default-width network (P5; a model outside the registry, described by tracing, declares no
+   default width and is its own reference); ties broken by (gate desc, layer, channel) (P1), at
+   least one channel per layer (P2), the largest count that fits (P3; ``refine: true`` adds channels
+   one by one).
 5. The pruned network is built from the widths only and trained from scratch (``finetune: {reinit:
    true}``), Scratch-B epochs at paper scale.
 """
@@ -25,7 +27,7 @@ import torch
 from ..counting import count
 from ..errors import ConfigError
 from ..hooks import ParamGroup
-from ..models.registry import create, get_entry
+from ..models.registry import create, get_entry, list_models
 from ..pruning.budget import solve_budget
 from ..pruning.gates import ScalarGate, attach_gates
 from ..pruning.result import SelectReport
@@ -153,10 +155,15 @@ class PruningFromScratch(Method):
             return {n: v.double().numpy() for (n, _), v in zip(model.items(), self.best[2])}
         return {n: g.gate.detach().double().cpu().numpy() for n, g in model.items()}
 
+    def reference_network(self, spec) -> str:
+        """``unexpanded`` (the registry's default-width network) or ``model`` (this one): a model outside
+        the registry (described by tracing) declares no default width, so it is its own reference."""
+        return "unexpanded" if self.options.reference == "unexpanded" and spec.model in list_models() else "model"
+
     def reference_macs(self, spec) -> float:
         """MACs of the unexpanded default-width network (the budget's 100%; the model registry declares
-        its default-width arguments)."""
-        if self.options.reference != "unexpanded":
+        its default-width arguments), or of this model (:meth:`reference_network`)."""
+        if self.reference_network(spec) == "model":
             return float(count(spec, count_pool=self.options.count_pool).macs)
         kw = {**self._net_kwargs, **get_entry(spec.model).reference_kwargs}
         return float(count(create(spec.model, **kw), count_pool=self.options.count_pool).macs)
@@ -167,14 +174,15 @@ class PruningFromScratch(Method):
         if budget.metric not in ("macs", "flops"):
             raise ConfigError("pfs prunes to a MAC (FLOP) budget")
         scores = self.gate_values(model)
-        structure, report = solve_budget(spec, scores, budget, mode="global", min_channels=self.options.min_channels,
-                                         count_pool=self.options.count_pool, reference=self.reference_macs(spec) *
-                                         (2 if budget.metric == "flops" else 1), refine=self.options.refine,
-                                         model_kwargs=self._net_kwargs)
+        reference = self.reference_macs(spec) * (2 if budget.metric == "flops" else 1)
+        structure, report = solve_budget(spec, scores, budget, mode="global", groups=self.groups(spec),
+                                         min_channels=self.options.min_channels, count_pool=self.options.count_pool,
+                                         reference=reference, refine=self.options.refine, model_kwargs=self._net_kwargs)
         gates_from = (f"epoch {self.best[1]} (held-out acc {self.best[0]:.4f}, density <= r)"
                       if self.best is not None else "final gates (save rule never met)")
         structure.meta["widths"] = structure.counts()
         return structure, SelectReport.from_budget(
-            report, structure, rule="global gate ranking + MAC bisection vs the unexpanded network",
+            report, structure, rule="global gate ranking + MAC bisection vs " + (
+                "the unexpanded network" if self.reference_network(spec) == "unexpanded" else "the model itself"),
             gates_from=gates_from, nonzero_gates=int(sum((v != 0).sum() for v in scores.values())),
-            density_target=self.density_target)
+            density_target=self.density_target, reference_network=self.reference_network(spec))

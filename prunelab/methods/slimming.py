@@ -4,7 +4,8 @@ Learn stage: train with an L1 penalty ``s * sum |gamma|`` on the BatchNorm scale
 tensors (s = 1e-4 for VGG, 1e-5 for ResNets in NS's code; default 1e-4). Select: one global
 threshold on |gamma| over all those BNs, bisected so the pruned network meets the budget (NS prunes a
 fixed ``percent``; bisecting it on MACs is the package's budget rule). Post-activation basic-block
-ResNets prune ``mid`` only (L4).
+ResNets prune ``mid`` only (L4). Channels without a BatchNorm (a conv with a bias, a linear layer,
+as traced models may have) have no scale to penalise: they are left unpruned.
 """
 
 from __future__ import annotations
@@ -33,6 +34,17 @@ class SlimmingOptions(MethodOptions):
 class NetworkSlimming(Method):
     learns = True
     Options = SlimmingOptions
+
+    def tensors(self, spec):
+        # the tensors whose gate sits on a BatchNorm after the conv (GatedTensor.module is then not the conv)
+        return [t for t in super().tensors(spec) if t.module != t.conv]
+
+    def check(self, spec, budget):
+        if super().tensors(spec) and not self.tensors(spec):
+            raise ConfigError(f"slimming penalises BatchNorm scales, and no tensor of slots {list(self.slots(spec))} "
+                              f"of {spec.model} has a BatchNorm after its conv; set method.slots to slots with one "
+                              f"(of {spec.slots()}) or use another method (l1)")
+        super().check(spec, budget)
 
     def setup(self, trainer):
         from ..models.registry import describe

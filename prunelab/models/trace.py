@@ -34,8 +34,10 @@ Rules (what becomes a gated tensor)
   addition's index in it. The output of the one conv reading the network input is ``stem``; any
   other trunk member is ``trunk``, and every other gated tensor ``conv`` (or ``linear``), named after
   its module path. Default placements (``ModelSpec.slot_sets``): ``"internal"`` = the slots none of
-  whose tensors is in a trunk, ``"outputs"`` = every slot. Naming never changes what is counted or
-  compacted (reads, writes and trunks do); it is a best guess where blocks are unusual.
+  whose tensors is in a trunk, ``"outputs"`` = every conv slot (hidden linear units, slot
+  ``linear``, are gated only where ``method.slots`` names it, as no hand-written spec gates them by
+  default). Naming never changes what is counted or compacted (reads, writes and trunks do); it is
+  a best guess where blocks are unusual.
 * **Depthwise convs** (``groups == in == out``) read and write the space of their input, as in the
   hand-written MobileNet spec: the op reads the input's members and writes the (first) member, and
   the depthwise conv's BatchNorm (or the conv itself) is added to that tensor's ``mask_modules`` (a
@@ -937,7 +939,9 @@ def trace_model(model: nn.Module, example_input: torch.Tensor, name: str | None 
         raise TracingError(f"cannot describe {name} by tracing: its ops hold more parameters ({counted}) than the "
                            f"model ({total})")
     trunk_slots = {t.slot for t in tensors if t.trunk is not None}
-    slots = list(dict.fromkeys(t.slot for t in tensors))
+    # the default placements gate conv outputs, as every hand-written spec does; hidden linear units
+    # are gated only when a method names slot "linear"
+    slots = [s for s in dict.fromkeys(t.slot for t in tensors) if s != "linear"]
     slot_sets = {"internal": tuple(s for s in slots if s not in trunk_slots), "outputs": tuple(slots)}
     spec = ModelSpec(name, tensors, ops, tuple(example_input.shape[1:]), FAMILY, extra, slot_sets)
     try:

@@ -183,7 +183,7 @@ class _Units:
 def solve_budget(spec: ModelSpec, scores: dict, budget: Budget | dict, *, mode: str = "global", groups=None,
                  min_channels: int = 1, residual: str = "mixed", count_pool: bool = False,
                  reference: float | None = None, refine: bool = True, model_kwargs=None,
-                 tolerance: float = 0.005, latency=None) -> tuple[Structure, dict]:
+                 tolerance: float = 0.005, latency=None, warn: bool = True) -> tuple[Structure, dict]:
     """Choose the channels to keep so that ``budget`` is met.
 
     Args:
@@ -200,6 +200,14 @@ def solve_budget(spec: ModelSpec, scores: dict, budget: Budget | dict, *, mode: 
         tolerance: relative distance to the target reported as met.
         latency: the :class:`~prunelab.pruning.latency.LatencyTable` of a latency budget (default: the
             cached table for the budget's batch, device and threads, measured when missing).
+        warn: say in one line on stderr when the target is below what the scored tensors can reach.
+
+    A target below the *floor* (the cost with every scored tensor at ``min_channels``, or, in uniform
+    mode, at its smallest fraction) cannot be met by these tensors: the solver stops at the floor (for a
+    latency budget keeping every channel whose removal would not lower the predicted time, e.g. of a
+    group whose measured time does not fall with its width), reports ``reachable: False`` with
+    ``floor`` and ``floor_keep``, and ``unreachable`` says in one line (also on stderr, unless
+    ``warn=False``) the floor and which slot set would go lower.
 
     A budget's ``round_to`` m keeps multiples of m channels per tensor (a tensor's top-ranked ones;
     at least ``min_channels``, the full width allowed); ``"auto"`` solves with each m of 1, 2, 4, 8,
@@ -235,7 +243,7 @@ def solve_budget(spec: ModelSpec, scores: dict, budget: Budget | dict, *, mode: 
                                                         budget.device, m), mode=mode, groups=groups,
                                    min_channels=min_channels, residual=residual, count_pool=count_pool,
                                    reference=reference, refine=refine, model_kwargs=model_kwargs,
-                                   tolerance=tolerance, latency=latency)
+                                   tolerance=tolerance, latency=latency, warn=False)
             tried.append((rep["channels_kept"], -m, st, rep))
         def fits(rep):
             return rep["achieved"] <= rep["target"] * (1 + 1e-9)
@@ -244,6 +252,8 @@ def solve_budget(spec: ModelSpec, scores: dict, budget: Budget | dict, *, mode: 
         rep["round_to"] = {"auto": -neg_m}
         rep["round_to_tried"] = {str(-t[1]): {"channels_kept": t[0], "fits": fits(t[3])} for t in tried}
         st.meta["budget"] = rep
+        if warn and rep.get("unreachable"):
+            _say_unreachable(rep["unreachable"])
         return st, rep
     step = int(budget.round_to)
 
@@ -281,10 +291,14 @@ def solve_budget(spec: ModelSpec, scores: dict, budget: Budget | dict, *, mode: 
         return measure(spec, units.alive(keep), metric, **kw)
 
     iterations = 0
+    floor = None  # the lowest cost the scored tensors reach, when the target is below it
     if mode == "global":
         lo, hi = int(mins.sum()), int(sizes.sum())
         if cost_of(keep_sets_global(lo)) > target:
             best = keep_sets_global(lo)
+            floor = cost_of(best)
+            if refine and step == 1 and metric == "latency":  # keep what costs no time: stop at the floor
+                best = _refine(units, best, cost_of, floor * (1 + 1e-9))
         else:
             while lo < hi:  # largest k whose cost fits
                 mid = (lo + hi + 1) // 2
@@ -300,6 +314,7 @@ def solve_budget(spec: ModelSpec, scores: dict, budget: Budget | dict, *, mode: 
         lo, hi = 0.0, 1.0
         if cost_of(keep_sets_uniform(0.0)) > target:
             best = keep_sets_uniform(0.0)
+            floor = cost_of(best)
         else:
             for _ in range(40):
                 mid = (lo + hi) / 2
@@ -325,8 +340,43 @@ def solve_budget(spec: ModelSpec, scores: dict, budget: Budget | dict, *, mode: 
     if budget.metric == "latency":
         report.update({"batch": budget.batch, "device": latency.key.get("device"), "threads": latency.key.get("threads"),
                        "latency_table": latency.meta.get("path"), "unit": "seconds per call (predicted)"})
+    report["reachable"] = floor is None
+    if floor is not None:
+        unit = 2 if budget.metric == "flops" else 1
+        report.update({"floor": floor * unit, "floor_keep": floor / ref,
+                       "unreachable": _unreachable_line(spec, budget, scored, floor / ref, floor, min_channels, mode)})
+        if warn:
+            _say_unreachable(report["unreachable"])
     structure = Structure._make(spec, alive, model_kwargs=model_kwargs, meta={"budget": report})
     return structure, report
+
+
+def _unreachable_line(spec: ModelSpec, budget: Budget, scored: list, floor_keep: float, floor: float,
+                      min_channels: int, mode: str) -> str:
+    """One line: the target, the floor the scored tensors stop at, and what would go lower."""
+    used = sorted({spec.tensor(n).slot for n in scored if n in spec}, key=str)
+    others = [s for s in spec.slots() if s not in used]
+    at = (f"with every pruned tensor at min_channels {int(min_channels)}" if mode == "global"
+          else "at the smallest uniform fraction")
+    head = (f"{budget.metric} budget keep {budget.keep:.4g} is below what slots {used} can reach: {at} they stop at a "
+            f"floor of {100 * floor_keep:.1f}% of the dense network's {budget.metric}")
+    if budget.metric == "latency":
+        head += f" ({1e3 * floor:.3g} ms per call predicted at batch {budget.batch})"
+        lower = (f"pruning slots {used + others} (method.slots, with method.groups: trunk) under a macs budget would "
+                 f"go lower (a latency table times only block-internal channels; the rest of the time is the stem, "
+                 f"the residual trunks, the classifier and per-call overhead)" if others else
+                 "no other slot set of this model would go lower (the rest of the time is the stem, the classifier "
+                 "and per-call overhead)")
+    else:
+        lower = (f"method.slots {used + others} or a lower method.min_channels would go lower" if others else
+                 "a lower method.min_channels would go lower")
+    return f"{head}; stopped there: {lower}"
+
+
+def _say_unreachable(line: str) -> None:
+    import sys
+
+    print(f"prunelab: warning: {line}", file=sys.stderr, flush=True)
 
 
 def _refine(units: _Units, keep: list, cost_of, target: float, max_tries: int = 4000) -> list:

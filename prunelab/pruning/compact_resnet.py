@@ -98,6 +98,18 @@ class CifarResNetCompaction(FamilyCompaction):
     def may_be_empty(self, op) -> bool:
         return op.name.endswith((".conv1", ".conv2")) or ".shortcut" in op.name
 
+    def check_structure(self, spec, alive, family) -> None:
+        """A trunk's members may keep different sets (the mixed block gathers and scatters them); only the
+        blocks' convs and projections may lose every channel (the rules BAR's studies were run with)."""
+        for op in spec.ops:
+            if op.kind == "pool" or self.may_be_empty(op):
+                continue
+            empty_out = bool(op.writes) and len(alive.of(op.writes)) == 0
+            if empty_out or (op.reads and len(alive.union(op.reads)) == 0):
+                which = op.writes if empty_out else ", ".join(op.reads)
+                raise PrunelabError(f"structure leaves no channel in {which}, which disconnects the network at "
+                                    f"{op.name}; keep at least one channel there")
+
     def rebuild(self, new, spec, alive) -> None:
         _compact_blocks(new, spec, alive)
 

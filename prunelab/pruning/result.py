@@ -33,7 +33,8 @@ import torch.nn as nn
 
 from ..counting import count
 from ..errors import CheckpointError, PrunelabError
-from ..models.registry import create, describe
+from ..models.registry import create, describe, ensure_model, rebuild_info
+from ..plugins import load_recorded
 from ..utils import atomic_write_bytes, atomic_write_text, dumps_json, to_jsonable
 from .compact import load_compact, save_compact
 from .gates import GatedModel
@@ -215,8 +216,11 @@ class _GatedResult(PrunedResult):
         return self.module.spec
 
     def plan(self) -> dict:
-        return {"format": RESULT_FORMAT, "kind": self.kind, "model": self.module.prunelab_name,
-                "model_kwargs": dict(self.module.prunelab_kwargs), "method": self.method,
+        """What rebuilds the result: the model (with how to rebuild one from outside the package,
+        :func:`~prunelab.models.rebuild_info`), the method config, the gated tensors and the report."""
+        name = self.module.prunelab_name
+        return {"format": RESULT_FORMAT, "kind": self.kind, "model": name,
+                "model_kwargs": dict(self.module.prunelab_kwargs), **rebuild_info(name), "method": self.method,
                 "gated_tensors": list(self.module.gate_names), "report": self.report.to_dict()}
 
     def save(self, folder) -> Path:
@@ -321,6 +325,26 @@ class GeneratedResult(_GatedResult):
 KINDS: dict[str, type] = {"static": StaticResult, "dynamic": DynamicResult, "generated": GeneratedResult}
 
 
+def ensure_plan_model(plan: dict, path) -> None:
+    """Import what the plan recorded (``--import``s, the builder of a model from outside the package:
+    kept in ``meta`` by a static plan, at the top by a gated one), so a fresh process rebuilds its model
+    and method; one line naming the plan when that fails."""
+    if not isinstance(plan, dict):
+        return
+    rec = plan.get("meta") if plan.get("kind", "static") == "static" else plan
+    rec = rec if isinstance(rec, dict) else {}
+    name = plan.get("model")
+    if not isinstance(name, str) or not ("model_source" in rec or "imports" in rec):
+        return
+    try:
+        if plan.get("kind", "static") != "static":  # a gated result rebuilds its method too: it may be a plugin's
+            load_recorded(rec.get("imports"), f"{path}")
+        ensure_model(name, rec.get("model_source"), rec.get("imports"), where=f"{path}")
+    except PrunelabError as e:
+        msg = str(e)
+        raise CheckpointError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
+
+
 def load_result(folder, map_location="cpu") -> PrunedResult:
     """Load a saved result, dispatched on the ``kind`` tag of ``folder/plan.json`` (no tag: static)."""
     folder = Path(folder)
@@ -336,6 +360,7 @@ def load_result(folder, map_location="cpu") -> PrunedResult:
     kind = plan.get("kind", "static")
     if not isinstance(kind, str) or kind not in KINDS:
         raise CheckpointError(f"{p} has result kind {kind!r}; known kinds: {', '.join(KINDS)}")
+    ensure_plan_model(plan, p)
     try:
         return KINDS[kind]._load(folder, plan, map_location)
     except (KeyError, TypeError, ValueError, AttributeError) as e:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..counting import Cost, count
-from ..errors import CheckpointError, suggest
+from ..errors import CheckpointError, PrunelabError, suggest
 from ..models.spec import ModelSpec
 from ..utils import atomic_write_text, dumps_json, to_jsonable
 
@@ -230,9 +230,14 @@ class Structure:
 
     # -- persistence -------------------------------------------------------------------------------
     def to_dict(self) -> dict:
+        """The plan; ``meta`` gains how to rebuild a model the package does not define (its builder, input
+        size and the ``--import``s of this process: :func:`prunelab.models.rebuild_info`)."""
+        from ..models.registry import rebuild_info
+
+        meta = {**rebuild_info(self.model), **self.meta}  # a loaded plan keeps what it recorded
         return {"format": FORMAT, "kind": "static", "model": self.model, "model_kwargs": self.model_kwargs,
                 "channels": self.channels, "alive": {n: v.tolist() for n, v in self.alive.items()},
-                "counts": self.counts(), "meta": to_jsonable(self.meta)}
+                "counts": self.counts(), "meta": to_jsonable(meta)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Structure":
@@ -248,6 +253,13 @@ class Structure:
         except (TypeError, ValueError, OverflowError) as e:
             raise CheckpointError(f"structure plan is damaged ({type(e).__name__}: {str(e)[:80]})") from None
         s._check_counts(d.get("counts"))
+        if "model_source" in s.meta or "imports" in s.meta:  # a model from outside the package: rebuild it here
+            from ..models.registry import ensure_model
+
+            try:
+                ensure_model(s.model, s.meta.get("model_source"), s.meta.get("imports"), where="its model")
+            except PrunelabError as e:
+                raise CheckpointError(str(e)) from None
         return s
 
     def _check_counts(self, counts) -> None:

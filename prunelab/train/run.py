@@ -22,13 +22,23 @@ from .distributed import DistInfo, device_for, init_from_env
 from .rundir import RunDir, summed_epoch_time
 from .trainer import Trainer, load_weights, weights_payload
 
-# keys that may differ between a run and its resumption (they do not change results)
-RESUME_IGNORED = {("train", "progress"), ("train", "tensorboard"), ("train", "device"), ("train", "threads")}
+# keys that may differ between a run and its resumption (they do not change results; model.imports says
+# where the code is, which may move)
+RESUME_IGNORED = {("train", "progress"), ("train", "tensorboard"), ("train", "device"), ("train", "threads"),
+                  ("model", "imports")}
 
 
 def build_loaders(data: DataConfig, device, *, seed: int = 0, channels_last: bool = True,
                   dist_info: DistInfo = DistInfo()):
-    """Train loader and ``{"test": ..., ["val": ...]}`` eval loaders for a data config."""
+    """Train loader and ``{"test": ..., ["val": ...]}`` eval loaders for a data config: CIFAR-10 held on the
+    device (the fast default), or ``data.builder``'s datasets through :mod:`prunelab.data.adapters`."""
+    if data.builder:
+        from ..data.adapters import call_builder, loaders_from_datasets
+
+        ds = call_builder(data.builder, data.kwargs)
+        return loaders_from_datasets(ds["train"], ds["test"], data, device, val_data=ds.get("val"), seed=seed,
+                                     channels_last=channels_last, rank=dist_info.rank,
+                                     world_size=dist_info.world_size)
     ds = load_cifar10(data.root)
     tx, ty = ds.train_images, ds.train_labels
     train_idx = np.arange(len(ty))
@@ -89,16 +99,20 @@ def check_resume_config(run: RunDir, cfg: Config) -> None:
         raise RunDirError(f"cannot resume {run.path}: its config.yaml is damaged; restore it, or start over with "
                           f"--force / another --out")
     new = yaml.safe_load(dump_yaml(cfg))
+    defaults = yaml.safe_load(dump_yaml(Config()))
     diffs = []
+    missing = object()
 
-    def walk(a, b, path):
+    def walk(a, b, default, path):
         if isinstance(a, dict) and isinstance(b, dict):
             for k in sorted(set(a) | set(b)):
-                walk(a.get(k), b.get(k), path + (k,))
-        elif a != b and path[:2] not in RESUME_IGNORED:
+                walk(a.get(k, missing), b.get(k), default.get(k) if isinstance(default, dict) else None, path + (k,))
+        elif a is missing and b == default:
+            pass  # a key added to the config since the run was written, at its default: nothing changes
+        elif (None if a is missing else a) != b and path[:2] not in RESUME_IGNORED:
             diffs.append(".".join(path))
 
-    walk(old, new, ())
+    walk(old, new, defaults, ())
     if diffs:
         raise RunDirError(f"cannot resume {run.path}: the config differs in {', '.join(diffs[:6])}; resume with "
                           f"the original config, or use --force / another --out for a new run")
@@ -157,7 +171,24 @@ def preflight(cfg: Config, dist_info: DistInfo = DistInfo(), *, weights: bool = 
     device = device_for(dist_info, cfg.train.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device is cuda but no CUDA device is available; use --set train.device=cpu")
-    d = cfg.data
+    if cfg.data.builder:
+        _preflight_builder_data(cfg.data, dist_info)
+    else:
+        _preflight_cifar_data(cfg.data, dist_info)
+    models.create(cfg.model.name, **cfg.model.kwargs)  # bad model arguments: one line, nothing written
+    check_cache_dir()
+    if cfg.train.init_from and weights:
+        check_weights(cfg.train.init_from, cfg, "train.init_from")
+
+
+def _check_divisible(d: DataConfig, dist_info: DistInfo) -> None:
+    if d.batch_size % dist_info.world_size:
+        raise ConfigError(f"data.batch_size ({d.batch_size}) must be divisible by the number of processes "
+                          f"({dist_info.world_size})")
+
+
+def _preflight_cifar_data(d: DataConfig, dist_info: DistInfo) -> None:
+    """CIFAR-10 is there, and the split sizes fit the batch size."""
     from ..data.cifar import _locate
 
     _locate(d.root)  # the data must be there before a run folder is: one line naming where it looked
@@ -172,15 +203,23 @@ def preflight(cfg: Config, dist_info: DistInfo = DistInfo(), *, weights: bool = 
             raise ConfigError(f"data.val_per_class ({d.val_per_class}) asks for more than the {n_val} held-out images; "
                               f"lower it")
         n = held if d.train_on_holdout else n - held
-    if d.batch_size % dist_info.world_size:
-        raise ConfigError(f"data.batch_size ({d.batch_size}) must be divisible by the number of processes "
-                          f"({dist_info.world_size})")
+    _check_divisible(d, dist_info)
     if n < d.batch_size:
         raise ConfigError(f"data.batch_size ({d.batch_size}) exceeds the {n} training images; lower it or use more data")
-    models.create(cfg.model.name, **cfg.model.kwargs)  # bad model arguments: one line, nothing written
-    check_cache_dir()
-    if cfg.train.init_from and weights:
-        check_weights(cfg.train.init_from, cfg, "train.init_from")
+
+
+def _preflight_builder_data(d: DataConfig, dist_info: DistInfo) -> None:
+    """``data.builder`` can be imported. It is not called here: it may load a whole dataset, and
+    build_loaders checks the split sizes when it has the datasets."""
+    from ..data.adapters import resolve_builder
+
+    resolve_builder(d.builder)
+    _check_divisible(d, dist_info)
+
+
+def data_source(data: DataConfig) -> str:
+    """What the run trained on, for result.json: the builder, or which CIFAR-10 files."""
+    return data.builder if data.builder else load_cifar10(data.root).source
 
 
 def setup_runtime(cfg: Config, dist_info: DistInfo) -> torch.device:
@@ -239,7 +278,7 @@ def train(cfg: Config, out=None, *, resume: bool = False, force: bool = False, q
                   "cost_convention": cost.convention, "wall_time_s": time.time() - t0,
                   # wall_time_s covers this process only; train_time_s sums every epoch of the run
                   "train_time_s": summed_epoch_time(run.read_metrics()), "resumed": bool(run.resumed),
-                  "environment": environment(), "data_source": load_cifar10(cfg.data.root).source}
+                  "environment": environment(), "data_source": data_source(cfg.data)}
         if dist_info.is_main:
             run.save("model.pt", weights_payload(model, {"final": final, "scale": cfg.scale}))
             write_json(run.file("result.json"), result)

@@ -494,10 +494,12 @@ def weights_payload(model: nn.Module, meta: dict | None = None) -> dict:
             "meta": dict(meta or {})}
 
 
-def load_weights(model: nn.Module, path, strict: bool = True) -> dict:
+def load_weights(model: nn.Module, path, strict: bool = True, fix: str = "point train.init_from at a {name} "
+                 "checkpoint") -> dict:
     """Load ``model.pt``/``epoch_K.pt``/``checkpoint.pt`` weights (or a run dir's ``model.pt``) into ``model``.
 
-    Refuses, with one line naming the mismatch, weights written for another model or arguments.
+    Refuses, with one line naming the mismatch, weights written for another model or arguments; ``fix``
+    (formatted with ``name``) is the advice for weights of another model, which depends on who gave the path.
     """
     from pathlib import Path
 
@@ -512,7 +514,7 @@ def load_weights(model: nn.Module, path, strict: bool = True) -> dict:
     if isinstance(payload, dict) and "state_dict" in payload:
         if name and payload.get("model_name") and payload["model_name"] != name:
             raise CheckpointError(f"{path} holds weights of model {payload['model_name']!r}, but this run builds "
-                                  f"{name!r}; point train.init_from at a {name} checkpoint")
+                                  f"{name!r}; {fix.format(name=name)}")
         if name and payload.get("model_kwargs") is not None and payload["model_kwargs"] != kwargs:
             raise CheckpointError(f"{path} holds {name} weights built with {payload['model_kwargs']}, but this run "
                                   f"uses {kwargs}; use matching model.kwargs")
