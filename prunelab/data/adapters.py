@@ -24,7 +24,6 @@ module controls. Augmentation and normalisation are the datasets' own transforms
 from __future__ import annotations
 
 import contextlib
-import importlib
 import inspect
 import math
 import numbers
@@ -285,23 +284,11 @@ def as_loader(data, *, batch_size: int, train: bool, seed: int = 0, device="cpu"
 
 
 def resolve_builder(spec: str):
-    """The function named by ``"module.path:function"``; one line naming it when it cannot be had."""
-    fix = "put its module on PYTHONPATH (or install it) and write data.builder as 'module.path:function'"
-    mod_name, sep, attr = spec.partition(":")
-    if not sep or not mod_name or not attr:
-        raise ConfigError(f"data.builder must be 'module.path:function', got {spec!r}")
-    try:
-        obj = importlib.import_module(mod_name)
-    except Exception as e:  # noqa: BLE001  (a missing module, or the module's own import error: named either way)
-        raise ConfigError(f"data.builder {spec!r}: importing {mod_name!r} failed ({type(e).__name__}: "
-                          f"{' '.join(str(e).split())[:200]}); {fix}") from None
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ConfigError(f"data.builder {spec!r}: {mod_name} has no {attr!r}; {fix}")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise ConfigError(f"data.builder {spec!r} names {_describe(obj)}, not a function; {fix}")
-    return obj
+    """The function named by ``data.builder`` ("module.path:function"); one line naming it when it cannot be
+    had (the models' builders are resolved the same way: :func:`prunelab.plugins.resolve_function`)."""
+    from ..plugins import resolve_function
+
+    return resolve_function(spec, "data.builder")
 
 
 def call_builder(spec: str, kwargs: dict | None = None) -> dict:
