@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(PY) bench/train_throughput.py
 	$(PY) bench/compaction_speedup.py
 	$(PY) bench/method_overhead.py
+	$(PY) bench/manidp_step_profile.py
 	$(PY) bench/dynamic_inference.py --random-init
 	$(PY) bench/latency_budget.py
 	$(PY) bench/paper_throughput.py

@@ -96,3 +96,25 @@ def test_paper_throughput_refuses_cuda_without_a_gpu():
     r = subprocess.run([sys.executable, str(THROUGHPUT), "--device", "cuda"], capture_output=True, text=True,
                        timeout=120, cwd=REPO)
     assert r.returncode == 2 and "no CUDA device" in r.stderr and r.stdout == ""
+
+
+def test_manidp_step_profile_prints_the_ladder_and_restores_the_method():
+    """One step per rung: the ladder lists every rung with a ratio against dense, the operator table has
+    rows, and the ``no mask`` rung's swap of MaskAndPool.apply does not outlive its measurement."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "manidp_step_profile.py"), "--steps", "1",
+                        "--rounds", "1", "--top", "3"], capture_output=True, text=True, env=env, timeout=600,
+                       cwd=REPO)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for rung in ("dense", "predictors, no mask", "+ mask", "+ sparsity", "+ L_sim (ManiDP)"):
+        assert f"  {rung} " in r.stdout, r.stdout
+    ops = r.stdout.split("operator ", 1)[1].splitlines()[1:]
+    assert len(ops) == 3 and all(line.split()[-1].startswith(("+", "-")) for line in ops), r.stdout
+    spec = importlib.util.spec_from_file_location("manidp_step_profile", REPO / "bench" / "manidp_step_profile.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    import torch
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    before = mod.MaskAndPool.apply
+    mod.timed("predictors, no mask", x, y, 1)
+    assert mod.MaskAndPool.apply == before
