@@ -18,6 +18,9 @@ printed with the result:
   trunk (stage): every trunk tensor (projection, stem, deltas) is counted at the union of the trunk's
   surviving contributors, and every conv reading the trunk reads that union; a removed branch (its
   ``mid`` or ``delta`` empty) counts 0 in V and in MACs (B16; see docs/decisions.md).
+* In both modes, for CIFAR ResNets and BAR's WRN (``DEAD_BRANCH_FAMILIES``), a block whose ``delta`` keeps
+  no channel has no branch in the compact network, so its ``mid`` counts 0 too (the conv writing it, its BN,
+  its V): count() equals the compact network's measured MACs on every plan.
 
 Torch path (differentiable counts). When any value of ``count(..., widths=...)`` is a
 :class:`torch.Tensor` (soft or hard widths, any shape: a scalar, one entry per instance ``(B,)``,
@@ -157,6 +160,10 @@ def _widen(a: np.ndarray) -> np.ndarray:
     return a.astype(np.float64) if a.dtype.kind == "f" else a
 
 
+# model families whose compaction removes a residual block's convs when its delta keeps no channel
+DEAD_BRANCH_FAMILIES = ("resnet_cifar",)
+
+
 class _Widths:
     """Alive widths of gated tensors and of unions of them (exact sets or prefix counts)."""
 
@@ -180,6 +187,12 @@ class _Widths:
         mids = {(t.stage, t.block): t.name for t in spec.tensors if t.slot == "mid"}
         self._mid_of = {t.name: mids[(t.stage, t.block)] for t in spec.tensors
                         if t.slot == "delta" and t.trunk is not None and (t.stage, t.block) in mids}
+        # the compaction of these families builds no branch for a block whose delta keeps no channel
+        # (compact_resnet.py): its mid is then computed by nothing and counts 0 (the conv writing it, its
+        # BN, its V), so that count() equals the compact network's measured MACs
+        self._delta_of = ({mids[(t.stage, t.block)]: t.name for t in spec.tensors
+                           if t.slot == "delta" and (t.stage, t.block) in mids}
+                          if spec.family in DEAD_BRANCH_FAMILIES else {})
 
     def one(self, name: str):
         t = self.spec.tensor(name)
@@ -255,6 +268,14 @@ class _Widths:
 
     def tensor_width(self, name: str, residual: str):
         t = self.spec.tensor(name)
+        delta = self._delta_of.get(name)
+        if delta is not None:  # a mid whose block's delta is empty is dead code (see __init__)
+            a, d = self.one(name), self.one(delta)
+            if self.fmt.active:
+                return self.fmt.tensor(a) * (self.fmt.tensor(d) > 0).to(self.fmt.dtype)
+            if np.ndim(a) or np.ndim(d):
+                return np.asarray(a) * (np.asarray(d) > 0)
+            return a if d > 0 else 0
         if residual == "regular" and t.trunk is not None:
             s = self.survives(name)
             if isinstance(s, bool):

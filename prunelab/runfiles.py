@@ -14,21 +14,30 @@ from .errors import CheckpointError
 
 
 def read_metrics(path) -> list[dict]:
-    """The epoch records of ``metrics.jsonl``; lines that are not JSON records (a line cut by a kill,
-    a damaged file) are skipped."""
+    """The epoch records of ``metrics.jsonl``. A last line cut by a kill is skipped silently (a resume
+    rewrites it); any other line that is not a JSON record (a damaged file) is skipped with a warning
+    naming the file and how many lines were lost, so curves drawn from it are never silently empty."""
     p = Path(path) / "metrics.jsonl"
     if not p.exists():
         return []
-    out = []
-    for line in p.read_bytes().decode("utf-8", errors="replace").splitlines():
-        line = line.strip()
-        if line:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by a kill: ignore it
-                continue
-            if isinstance(rec, dict):
-                out.append(rec)
+    out, bad = [], 0
+    lines = [ln.strip() for ln in p.read_bytes().decode("utf-8", errors="replace").splitlines()]
+    lines = [ln for ln in lines if ln]
+    for i, line in enumerate(lines):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            rec = None
+        if isinstance(rec, dict):
+            out.append(rec)
+        elif i < len(lines) - 1 or not out:  # not just the last line cut by a kill
+            bad += 1
+    if bad:
+        import warnings
+
+        warnings.warn(f"{p}: {bad} of {len(lines)} lines are not JSON records and were skipped; curves and "
+                      f"summaries read from this run miss them (restore the file, or rerun the run)",
+                      RuntimeWarning, stacklevel=2)
     return out
 
 

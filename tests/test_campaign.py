@@ -1102,12 +1102,7 @@ def test_manidp_collect_with_a_damaged_dense_checkpoint(manidp_dense, how, tmp_p
 
 
 NOTEBOOKS = [("02_ddnp", "ddnp"), ("00_quickstart", "quickstart"), ("01_manidp", "manidp"), ("03_pfs", "pfs")]
-NEEDS_NOTEBOOK_FIX = {
-    "02_ddnp": "notebook 02 reads S['p'] and S['dense'] before printing what is missing (KeyError 'p')",
-    "00_quickstart": "notebook 00 reads res['dense'] before printing what is missing",
-    "01_manidp": "notebook 01 loads the arrays file before printing what is missing (a partial study with no "
-                 "arrays has none)",
-}
+NEEDS_NOTEBOOK_FIX: dict = {}  # notebook -> why it still reads a part before printing what is missing
 
 
 @pytest.mark.parametrize("nb,study", [pytest.param(n, s, marks=pytest.mark.xfail(
@@ -1311,8 +1306,7 @@ def test_drawn_plan_files_are_accepted_consistently_or_refused_in_one_line(plan,
     COUNTS["plan_files_clean"] += 1
 
 
-# rows that still need a change in files other sessions are editing (strict xfail: they flip to a
-# failure, to be unmarked, once the change lands)
+# rows fixed after the campaign's first rounds (they were strict xfails until their change landed)
 
 def test_an_empty_slot_list_is_refused(tmp_path, capsys, monkeypatch):
     """Row 'manidp slots=[]': the defaults were used without a word."""
@@ -1364,9 +1358,6 @@ def _cache_with_one_label(tmp_path: Path) -> Path:
     return tmp_path / "cache"
 
 
-@pytest.mark.xfail(strict=True, reason="prunelab/data/cifar.py load_cifar10 must check the decoded labels (10 "
-                                       "classes, 5000/1000 images each) and name the cache; the run folder is "
-                                       "created before the per-class subset fails")
 @pytest.mark.parametrize("per_class", ["ci", "unset"])
 def test_a_cache_whose_labels_are_all_one_class_is_refused_naming_it(per_class, tmp_path, capsys, monkeypatch):
     """Row 'decode cache with all labels 9 and a consistent meta.json': at ci the line named neither the key
@@ -1383,3 +1374,21 @@ def test_a_cache_whose_labels_are_all_one_class_is_refused_naming_it(per_class, 
     rc, err = run_cli(argv, capsys)
     assert rc == 2 and len(err) == 1 and str(cache) in err[0] and "label" in err[0], err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_garbage_metrics_log_warns_naming_the_file_instead_of_giving_empty_curves(tmp_path):
+    """Row 'metrics.jsonl garbage': the curves came out empty without a word. A last line cut by a kill
+    stays silent (a resume rewrites it)."""
+    import warnings
+
+    from prunelab.runfiles import read_metrics
+
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"epoch": 1, "test_acc": 0.5}\n{"epoch": 2, "te')
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_metrics(tmp_path) == [{"epoch": 1, "test_acc": 0.5}]
+    log.write_bytes(b"\x00\x17garbage\nnot json either\n[1, 2]\n")
+    with pytest.warns(RuntimeWarning, match="3 of 3 lines are not JSON records") as rec:
+        assert read_metrics(tmp_path) == []
+    assert str(log) in str(rec[0].message)

@@ -92,7 +92,9 @@ def test_dead_branches_and_cleanup():
     c = clean(s, spec)
     assert sorted(c.meta["removed_branches"]) == ["layer1.1", "layer2.0"]
     assert len(c.alive["layer1.1.delta"]) == 0 and len(c.alive["layer2.0.mid"]) == 0
-    assert count(spec, c).macs < count(spec, s).macs
+    # the counter already leaves out what compaction drops (the convs of a block whose delta is empty;
+    # an empty mid's conv2 reads nothing): cleaning does not change MACs, and both equal the measured ones
+    assert count(spec, c).macs == count(spec, s).macs == measure_macs(small)["macs"]
 
 
 def test_disconnecting_structure_is_refused():

@@ -47,3 +47,21 @@ def test_parts_select_their_settings_and_always_keep_the_dense_run():
     names = [st.sub.name for st in _configs("ci", ["compare"])]
     assert names == ["dense", "compare-l1-s0", "compare-pfs-s0"]
     assert set(R.get_study("ddnp").parts) == set(PARTS)
+
+
+def test_finished_searches_are_aggregated_when_the_dense_record_is_missing(tmp_path):
+    """Issue 28: a damaged or missing dense record used to hide every finished search and comparison
+    (they were aggregated only inside ``if dense is not None``)."""
+    from prunelab.experiments.ddnp_study import DDNPStudy, _layers
+
+    spec, layers = _layers("ci")
+    widths = {n: max(1, spec.tensor(n).channels // 2) for n in layers}
+    result = {"dense_test_acc": 0.5, "pruned_test_acc_before_finetune": 0.3, "final_test_acc": 0.4,
+              "budget_report": {"p": 0.5, "rule": "top-k"}}
+    search = {"result": result, "widths": widths, "stages_done": ["learn", "finetune"], "metrics": [],
+              "search_log": []}
+    compare = {"result": result, "widths": widths}
+    out = DDNPStudy().aggregate("ci", PARTS, {"full-s0": search, "compare-l1-s0": compare}, tmp_path)
+    assert "dense" not in out
+    assert set(out["runs"]) == {"full/s0"} and out["runs"]["full/s0"]["finetuned_test_acc"] == 0.4
+    assert set(out["compare"]) == {"l1/s0"} and out["p"] == 0.5

@@ -107,6 +107,8 @@ print(r20)
 # %%
 res = load_results("quickstart", SCALE)
 print(provenance_note(res))
+
+# %%
 dense, l1 = res["dense"], res["l1"]
 fig, ax = plt.subplots(figsize=(6.5, 3.8))
 d = [m for m in dense["metrics"] if "test_acc" in m]

@@ -47,14 +47,14 @@ use_style()
 SCALE = resolve_scale(SCALE, "manidp")
 S = load_results("manidp", SCALE)
 print(provenance_note(S))
+
+# %%
 A = np.load(S.get("arrays_file") or results_path("manidp", SCALE).with_suffix(".npz"))
 spec = models.describe(models.create(S["model"]))
 LAYERS, CHANNELS = S["layers"], np.array(S["channels"])
 V = S["variants"]
 print(f"running at {SCALE} scale: {S['model']}, {len(LAYERS)} masked layers, dense checkpoint "
       f"{100 * S['dense']['test_acc']:.2f}% after {S['dense']['epochs']} epochs")
-if S.get("missing"):
-    print(f"partial results: missing {', '.join(S['missing'])}")
 rows = []
 for name, v in V.items():
     c = v["pruned_cost"]["mixed"]

@@ -52,13 +52,13 @@ from prunelab.viz import save_figure, scale_label, use_style
 use_style()
 SCALE = resolve_scale(SCALE, "ddnp")
 S = load_results("ddnp", SCALE)
+print(provenance_note(S))
+
+# %%
 spec = models.describe(models.create(S["model"]))
 P = S["p"]
 print(f"running at {SCALE} scale: {S['model']}, {len(S['layers'])} pruned layers (block middles), p = {P}, dense "
       f"checkpoint {100 * S['dense']['test_acc']:.2f}% after {S['dense']['epochs']} epochs; {len(S['runs'])} searches")
-print(provenance_note(S))
-if S.get("missing"):
-    print(f"partial results: missing {', '.join(S['missing'])}")
 
 
 def pct(s):

@@ -45,8 +45,6 @@ S = load_results("pfs", SCALE)
 print(provenance_note(S))
 print(f"running at {SCALE} scale: {S['model']}, seeds {S['seeds']}, checkpoint epochs {S['epochs']} (0 = random init), "
       f"{len(S['structures'])} structures, {len(S['layers'])} gated layers")
-if S.get("missing"):  # aggregated with `prunelab experiment ... --collect` before every sub-run finished
-    print(f"partial results: {len(S['missing'])} sub-runs missing: {', '.join(S['missing'])}")
 pd.DataFrame([{"seed": s["seed"], "weights": vpfs.checkpoint_name(S, s["seed"], s["epoch"]), "MMACs": round(s["macs"] / 1e6, 2),
                "reduction (%)": round(100 * s["reduction"], 2), "gate epochs": s.get("gate_epochs"),
                "final density": None if s.get("final_density") is None else round(s["final_density"], 3),

@@ -58,8 +58,6 @@ spec = models.describe(models.create(R["model"]["name"], **{k: v for k, v in R["
 print(f"running at {SCALE} scale; network {R['model']}, V0 = {R['dense']['volume']:,}, "
       f"{R['dense']['gated_tensors']} gated tensors, {R['dense']['gates']} gates; teacher "
       f"{100 * R['teacher']['accuracy']:.2f}% after {R['teacher']['epochs']} epochs")
-if R.get("missing"):  # aggregated with `prunelab experiment ... --collect` before every sub-run finished
-    print(f"partial results: {len(R['missing'])} sub-runs missing: {', '.join(R['missing'])}")
 PUB = published.load("bar_results")
 PUB10 = PUB[PUB.dataset == "CIFAR-10"]
 runs = pd.DataFrame([{k: r.get(k) for k in ("method", "pf", "v_factor", "f_factor", "accuracy_learned",

@@ -256,17 +256,30 @@ def load_cifar10(root: str | os.PathLike | None = None, *, verbose: bool = False
                 if arrays is None:
                     raise DataError(f"the CIFAR-10 cache in {cdir} could not be written back intact; check the disk "
                                     f"(free space, permissions) or set PRUNELAB_CACHE to another folder")
+    _check_labels(cdir, arrays[1], arrays[3])
     data = Cifar10(*arrays, source=source, path=str(path))
     _MEMO[key] = data
     return data
 
 
-def subset_per_class(labels: np.ndarray, k: int, seed: int = 0, num_classes: int = 10) -> np.ndarray:
-    """Indices of ``k`` seeded random samples of each class, sorted."""
+def _check_labels(cdir: Path, train_labels, test_labels) -> None:
+    """CIFAR-10 has 10 classes of 5,000 training and 1,000 test images: a cache whose checksums match its
+    ``meta.json`` but whose labels do not (written by hand, or by another tool) is refused by name."""
+    for split, labels, per in (("training", train_labels, 5000), ("test", test_labels, 1000)):
+        counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=10)
+        if len(counts) != 10 or (counts != per).any():
+            raise DataError(f"the cached CIFAR-10 {split} labels in {cdir} are not 10 classes of {per} images each "
+                            f"(counts {counts.tolist()}); delete that folder to have it decoded again")
+
+
+def subset_per_class(labels: np.ndarray, k: int, seed: int = 0, num_classes: int = 10, *,
+                     key: str = "k per class") -> np.ndarray:
+    """Indices of ``k`` seeded random samples of each class, sorted; ``key`` names the setting in the error."""
     labels = np.asarray(labels)
     counts = np.bincount(labels, minlength=num_classes)
     if k < 1 or k > counts.min():
-        raise DataError(f"k per class must be in [1, {counts.min()}], got {k}")
+        raise DataError(f"{key} must be in [1, {counts.min()}] (the smallest class has {counts.min()} images), "
+                        f"got {k}")
     rng = np.random.default_rng(seed)
     idx = [rng.choice(np.flatnonzero(labels == c), size=k, replace=False) for c in range(num_classes)]
     return np.sort(np.concatenate(idx))

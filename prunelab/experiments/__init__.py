@@ -102,13 +102,22 @@ def staleness(results: dict) -> list[str]:
 
 
 def provenance_note(results: dict) -> str:
-    """One line for a notebook: what made the results, and a warning when the code moved on since."""
+    """One line for a notebook: what made the results, a warning when the code moved on since, and, for
+    a partial study (``--collect`` before every sub-run finished), which sub-runs are missing and why: a
+    notebook prints it right after loading, before anything reads a part that may not be there."""
     version = results.get("package_version")
     head = (f"results: {results.get('command')} at commit {results.get('commit')} ("
             f"{'prunelab ' + version if version else 'package version not recorded'}, {results.get('created')})")
     stale = staleness(results)
-    return head + ("" if not stale else "\nWARNING: cached results older than the code: " + "; ".join(stale)
-                   + " (rerun the command above to refresh them)")
+    out = head + ("" if not stale else "\nWARNING: cached results older than the code: " + "; ".join(stale)
+                  + " (rerun the command above to refresh them)")
+    missing = results.get("missing") or []
+    if missing:
+        why = results.get("why_missing") or {}
+        out += (f"\npartial results: {len(missing)} sub-run(s) missing: "
+                + "; ".join(f"{m} ({why[m]})" if why.get(m) else str(m) for m in missing)
+                + "; the figures below that need them fail until they finish (rerun the command above)")
+    return out
 
 
 def _covers_more(old: dict, new: dict) -> bool:

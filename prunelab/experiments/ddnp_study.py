@@ -229,17 +229,19 @@ class DDNPStudy(Study):
         if dense is not None:
             study["dense"] = {"test_acc": dense["result"]["final"]["test_acc"], "epochs": dense["result"]["epochs"],
                               "checkpoint": str(Path(out) / "dense" / "model.pt")}
-            for name, seed, st in _search_runs(scale, parts):
-                rec = records.get(f"{name}-s{seed}")
-                if rec is None:
-                    continue
-                row = search_row(rec, spec, layers)
-                study["p"] = row["p"]
-                study["runs"][f"{name}/s{seed}"] = {"setting": name, "seed": seed, "options": st["method"], **row}
-            for method, _, _, seed in _compare_runs(scale, parts):
-                rec = records.get(f"compare-{method}-s{seed}")
-                if rec is not None:
-                    study["compare"][f"{method}/s{seed}"] = compare_row(rec, method, seed, spec, layers)
+        # finished searches and comparisons are aggregated even when the dense record is damaged or gone
+        # (they finished from its checkpoint earlier): one bad sub-run never hides the others
+        for name, seed, st in _search_runs(scale, parts):
+            rec = records.get(f"{name}-s{seed}")
+            if rec is None:
+                continue
+            row = search_row(rec, spec, layers)
+            study["p"] = row["p"]
+            study["runs"][f"{name}/s{seed}"] = {"setting": name, "seed": seed, "options": st["method"], **row}
+        for method, _, _, seed in _compare_runs(scale, parts):
+            rec = records.get(f"compare-{method}-s{seed}")
+            if rec is not None:
+                study["compare"][f"{method}/s{seed}"] = compare_row(rec, method, seed, spec, layers)
         # filled in by the runner (listed here to keep the results file's key order)
         study.update({"missing": [], "busy": [], "complete": False, "wall_time_s": None, "created": None})
         return study

@@ -43,7 +43,7 @@ def build_loaders(data: DataConfig, device, *, seed: int = 0, channels_last: boo
     tx, ty = ds.train_images, ds.train_labels
     train_idx = np.arange(len(ty))
     if data.train_per_class:
-        train_idx = subset_per_class(ty, data.train_per_class, seed=data.subset_seed)
+        train_idx = subset_per_class(ty, data.train_per_class, seed=data.subset_seed, key="data.train_per_class")
     val_idx = None
     if data.holdout:
         keep, held = holdout_split(len(train_idx), data.holdout, seed=data.holdout_seed, labels=ty[train_idx])
@@ -59,14 +59,16 @@ def build_loaders(data: DataConfig, device, *, seed: int = 0, channels_last: boo
                         augment=data.augment, seed=seed, **common)
     test_idx = np.arange(len(ds.test_labels))
     if data.test_per_class:
-        test_idx = subset_per_class(ds.test_labels, data.test_per_class, seed=data.subset_seed)
+        test_idx = subset_per_class(ds.test_labels, data.test_per_class, seed=data.subset_seed,
+                                    key="data.test_per_class")
     evals = {"test": CifarLoader(ds.test_images[test_idx], ds.test_labels[test_idx], test_idx,
                                  batch_size=data.eval_batch_size, train=False, **common)}
     if val_idx is not None and data.val_per_class:
         if np.bincount(ty[val_idx], minlength=10).min() < data.val_per_class:
             raise ConfigError(f"data.val_per_class ({data.val_per_class}) exceeds the held-out images of some class; "
                               f"lower it")
-        val_idx = val_idx[subset_per_class(ty[val_idx], data.val_per_class, seed=data.subset_seed)]
+        val_idx = val_idx[subset_per_class(ty[val_idx], data.val_per_class, seed=data.subset_seed,
+                                           key="data.val_per_class")]
     if val_idx is not None:
         evals["val"] = CifarLoader(tx[val_idx], ty[val_idx], val_idx, batch_size=data.eval_batch_size,
                                    train=False, **common)
@@ -192,6 +194,11 @@ def _preflight_cifar_data(d: DataConfig, dist_info: DistInfo) -> None:
     from ..data.cifar import _locate
 
     _locate(d.root)  # the data must be there before a run folder is: one line naming where it looked
+    ds = load_cifar10(d.root)  # decoded once (memoised) and checked: a damaged cache fails before a folder exists
+    for key, k, labels in (("data.train_per_class", d.train_per_class, ds.train_labels),
+                           ("data.test_per_class", d.test_per_class, ds.test_labels)):
+        if k:
+            subset_per_class(labels, k, key=key)
     n = 10 * d.train_per_class if d.train_per_class else 50000
     if d.holdout:
         held = int(round(d.holdout * n)) if d.holdout < 1 else int(d.holdout)
