@@ -161,6 +161,7 @@ def _run_out(args, cfg) -> Path:
 
 
 def cmd_train(args) -> int:
+    from .config import scale_caveat
     from .train.run import train
 
     cfg = _run_config(args)
@@ -176,7 +177,7 @@ def cmd_train(args) -> int:
     if res.get("resumed"):
         took += f" over all resumed processes, {res['wall_time_s'] / 60:.1f} min in this one"
     print(f"{cfg.name} ({cfg.scale}): test accuracy {100 * f.get('test_acc', float('nan')):.2f}% after "
-          f"{res['epochs']} epochs, {took}; {res['macs'] / 1e6:.2f} M MACs")
+          f"{res['epochs']} epochs, {took}; {res['macs'] / 1e6:.2f} M MACs{scale_caveat(cfg.scale)}")
     return 0
 
 

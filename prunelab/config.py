@@ -32,6 +32,13 @@ import yaml
 from .errors import ConfigError, UnknownNameError, suggest
 
 SCALES = ("ci", "cpu", "paper")
+# said after every ci-scale summary line: a ci run checks that everything runs, nothing more
+CI_CAVEAT = "ci scale is a smoke run on tiny data: its accuracy means nothing (use --scale cpu for real numbers)"
+
+
+def scale_caveat(scale: str) -> str:
+    """The sentence a summary line ends with at ``scale`` ('' but at ci)."""
+    return f" [{CI_CAVEAT}]" if scale == "ci" else ""
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 

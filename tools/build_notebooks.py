@@ -24,6 +24,7 @@ from nbclient import NotebookClient
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "notebooks" / "src"
 OUT = ROOT / "notebooks"
+READ_MARK = "prunelab-results-read: "
 HEADER = re.compile(r"^# %%(?P<md> \[markdown\])?(?P<rest>.*)$")
 
 
@@ -67,9 +68,20 @@ def build(name: str, scale: str, execute: bool, timeout: int) -> Path:
     if execute:
         os.environ["PRUNELAB_SCALE"] = scale
         t = time.time()
+        # a last cell, removed after the run, reports the results files the kernel read and their sha256
+        # (prunelab.experiments.results_read); they go into the notebook's metadata, where
+        # tests/test_notebook_freshness.py compares them with the files in the tree
+        nb.cells.append(nbformat.v4.new_code_cell(
+            "import json as _json, prunelab.experiments as _experiments\n"
+            f"print({READ_MARK!r} + _json.dumps(_experiments.results_read()))"))
         NotebookClient(nb, timeout=timeout, kernel_name="python3",
                        resources={"metadata": {"path": str(OUT)}}).execute()
-        print(f"{name}: executed at {scale} scale in {time.time() - t:.0f} s")
+        probe = nb.cells.pop()
+        text = "".join(o.get("text", "") for o in probe.get("outputs", []) if o.get("output_type") == "stream")
+        read = json.loads(text.split(READ_MARK, 1)[1].splitlines()[0])
+        nb.metadata["prunelab"] = {"scale": os.environ["PRUNELAB_SCALE"], "results_read": read,
+                                   "rebuild": f"python tools/build_notebooks.py {name} --scale {scale}"}
+        print(f"{name}: executed at {scale} scale in {time.time() - t:.0f} s; results read: {', '.join(read) or 'none'}")
     for cell in nb.cells:  # stable files: no per-run execution timestamps
         cell.metadata.pop("execution", None)
     nbformat.write(nb, target)

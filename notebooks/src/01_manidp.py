@@ -39,7 +39,7 @@ import pandas as pd
 from prunelab import models
 from prunelab.analysis import manidp as am
 from prunelab.data.cifar import load_cifar10
-from prunelab.experiments import load_results, provenance_note, resolve_scale, results_path
+from prunelab.experiments import load_results, load_results_file, provenance_note, resolve_scale, results_path
 from prunelab.viz import manidp as vm
 from prunelab.viz import save_figure, scale_label, use_style
 
@@ -49,7 +49,7 @@ S = load_results("manidp", SCALE)
 print(provenance_note(S))
 
 # %%
-A = np.load(S.get("arrays_file") or results_path("manidp", SCALE).with_suffix(".npz"))
+A = load_results_file(S.get("arrays_file") or results_path("manidp", SCALE).with_suffix(".npz"))
 spec = models.describe(models.create(S["model"]))
 LAYERS, CHANNELS = S["layers"], np.array(S["channels"])
 V = S["variants"]
@@ -115,7 +115,7 @@ groups = {"complex": rng.permutation(np.flatnonzero(ref[tidx] >= hi)), "simple":
 thumbs = {k: data.train_images[tidx[v[:3]]] for k, v in groups.items()}
 fig, ax = plt.subplots(figsize=(8.5, 4.2))
 vm.plot_lambda_trajectories(traj, groups, ax=ax, scale=SCALE, images=thumbs)
-fig.subplots_adjust(right=0.62)
+fig.subplots_adjust(right=0.62, bottom=0.25)
 save_figure(fig, "fig_s1_lambda", "01_manidp")
 plt.show()
 

@@ -28,7 +28,7 @@ import pandas as pd
 from prunelab import models
 from prunelab.analysis.compare import points, published_points
 from prunelab.counting import count
-from prunelab.experiments import RESULTS_DIR, load_results, provenance_note, resolve_scale
+from prunelab.experiments import RESULTS_DIR, load_results, load_results_file, provenance_note, resolve_scale
 from prunelab.viz import save_figure, scale_label, use_style
 
 use_style()
@@ -53,7 +53,7 @@ def _spec(model, kwargs):
 pts = points(results, lambda m, kw: _spec(m, tuple(sorted(kw.items()))))
 pub = published_points()
 external = RESULTS_DIR / "bench_vs_torch_pruning.json"
-ext = json.loads(external.read_text()) if external.exists() else None
+ext = load_results_file(external) if external.exists() else None
 table = pd.DataFrame([{"method": p["method"], "setting": p["setting"], "model": p["model"], "scale": p["scale"], "n": p["n"],
                        "accuracy (%)": f"{100 * p['accuracy']:.2f}" + (f" ± {100 * p['accuracy_std']:.2f}" if p["n"] > 1 else ""),
                        "drop (points)": round(100 * p["drop"], 2), "MMACs": round(p["macs"] / 1e6, 2),
@@ -93,22 +93,29 @@ if r20:
 axes[0].set(xlabel="MACs of the pruned network (M, prunelab's counter)", ylabel="test accuracy (%)",
             title=f"ResNet-20 on CIFAR-10, every cached method\n{scale_label(SCALE)}")
 axes[0].legend(fontsize=7)
-# accuracy drop against the fraction of MACs kept, with the published ResNet points (hollow)
+# accuracy drop against the fraction of MACs kept, with the published ResNet points (grey, numbered: the
+# key is the table printed under the figure). Our methods get one hollow marker shape each, drawn above the
+# published points, so points at the same cost (DDNP and l1 at 50 %) stay visible side by side
+MARKERS = "osD^vP*Xph"
 if r20:
     for i, (method, g) in enumerate(pd.DataFrame(r20).groupby("method", sort=False)):
-        axes[1].plot(100 * g["macs_keep"], 100 * g["drop"], "o", color=f"C{i % 10}", label=f"{method} [{SCALE}]")
-for j, (depth, g) in enumerate(pd.DataFrame([p for p in pub if p["model"].startswith("resnet")]).groupby("model")):
-    axes[1].plot(100 * g["macs_keep"], 100 * g["drop"], ["s", "^", "D"][j % 3], mfc="none", color="0.35",
-                 label=f"{depth} [published, ManiDP Table 4]")
-    for _, r in g.iterrows():
-        axes[1].annotate(r["method"], (100 * r["macs_keep"], 100 * r["drop"]), fontsize=6, xytext=(3, 2),
-                         textcoords="offset points", color="0.35")
+        axes[1].plot(100 * g["macs_keep"], 100 * g["drop"], MARKERS[i % 10], ms=9, mfc="none", mew=1.8,
+                     color=f"C{i % 10}", zorder=3, label=f"{method} [{SCALE}]")
+pub_r = pd.DataFrame([p for p in pub if p["model"].startswith("resnet")]).reset_index(drop=True)
+for j, (depth, g) in enumerate(pub_r.groupby("model")):
+    axes[1].plot(100 * g["macs_keep"], 100 * g["drop"], ["s", "^", "D"][j % 3], ms=4, color="0.55", zorder=2,
+                 label=f"{depth} [published, ManiDP Table 4; numbers: table below]")
+for k, r in pub_r.iterrows():
+    axes[1].annotate(str(k + 1), (100 * r["macs_keep"], 100 * r["drop"]), fontsize=6, color="0.35",
+                     xytext=((4, 3), (4, -7), (-9, 3), (-9, -7))[k % 4], textcoords="offset points")
 axes[1].set(xlabel="MACs kept (% of the dense network)", ylabel="accuracy drop against its dense network (points)",
             title="Accuracy drop against cost: cpu points and published ones\n[cpu scale and published]")
-axes[1].legend(fontsize=6)
+axes[1].legend(fontsize=6, loc="upper right")
 fig.tight_layout()
 save_figure(fig, "resnet20_accuracy_vs_macs", "06_compare_methods")
 plt.show()
+pd.DataFrame({"#": range(1, len(pub_r) + 1), "published method": pub_r["method"], "model": pub_r["model"],
+              "MACs kept (%)": (100 * pub_r["macs_keep"]).round(1), "drop (points)": (100 * pub_r["drop"]).round(2)})
 
 # %% [markdown]
 # ## BAR's network: accuracy against the activation volume

@@ -39,13 +39,20 @@ def _group(rows: list[dict], key) -> list[dict]:
     return out
 
 
+def _tag(rows: list[dict], study: str) -> None:
+    """Name the study of the rows added since the last tag."""
+    for r in rows:
+        r.setdefault("study", study)
+
+
 def points(results: dict, spec_of) -> list[dict]:
     """One point per method setting (mean over its seeds or runs) from the cached results.
 
     ``results``: ``{study name: results dict}`` (any subset of quickstart, pfs, manidp, ddnp, bar);
     ``spec_of(model, kwargs)``: the spec of a model. Each point: method, setting, model, scale, n,
     accuracy (fraction, mean) and its std, dense accuracy, drop (dense - pruned, points of a fraction),
-    MACs, MACs keep ratio, and for BAR's WRN the V-factor; ``stage`` says where the accuracy was measured.
+    MACs, MACs keep ratio, and for BAR's WRN the V-factor; ``stage`` says where the accuracy was measured,
+    ``study`` which results it comes from.
     """
     rows: list[dict] = []
     r20 = spec_of("resnet20", {})
@@ -60,6 +67,7 @@ def points(results: dict, spec_of) -> list[dict]:
             rows.append({"method": "l1", "setting": row["label"], "model": "resnet20", "scale": q["scale"],
                          "accuracy": row["final_test_acc"], "dense": dense, "stage": "fine-tuned 8 epochs",
                          **_cost(r20, row["widths"])})
+    _tag(rows, "quickstart")
     p = results.get("pfs")
     if p:
         for row in p["sweeps"].get("pruning_ratio", []):
@@ -67,14 +75,24 @@ def points(results: dict, spec_of) -> list[dict]:
             rows.append({"method": "PFS (scratch)", "setting": f"{100 * row['ratio']:.0f} % MACs removed",
                          "model": "resnet20", "scale": p["scale"], "accuracy": row["acc"], "dense": p.get("full_acc"),
                          "stage": "trained from scratch (short)", **_cost(r20, w)})
+    _tag(rows, "pfs")
     m = results.get("manidp")
     if m:
-        for v, rec in m["variants"].items():
-            macs = rec["pruned_cost"]["mixed"]["macs"]
-            rows.append({"method": "ManiDP (dynamic)", "setting": v.replace("_", " "), "model": m["model"],
-                         "scale": m["scale"], "accuracy": rec["final_test_acc"], "dense": rec["dense_test_acc"],
-                         "stage": "dynamic, mean MACs over the test set", "macs": float(macs),
-                         "macs_keep": float(macs) / float(m["dense_macs"])})
+        # every sub-run of the study (each seed, and the matched static controls); older results files
+        # hold one record per variant only
+        runs = m.get("runs") or [{**rec, "variant": v, "kind": "dynamic"} for v, rec in m["variants"].items()]
+        names = {"with_sim": ("ManiDP (dynamic)", "with L_sim"), "without_sim": ("ManiDP (dynamic)", "without L_sim"),
+                 "static": ("ManiDP's static mask", "same widths as ManiDP"),
+                 "l1": ("l1", "ManiDP's mean MACs, same schedule")}
+        for rec in runs:
+            method, setting = names.get(rec["variant"], (f"ManiDP {rec['variant']}", rec["variant"]))
+            macs = rec.get("mean_macs") or rec["pruned_cost"]["mixed"]["macs"]
+            rows.append({"method": method, "setting": setting, "model": m["model"], "scale": m["scale"],
+                         "accuracy": rec["final_test_acc"], "dense": rec["dense_test_acc"],
+                         "stage": ("dynamic, mean MACs over the test set" if rec.get("kind") == "dynamic"
+                                   else "static, trained on ManiDP's protocol"), "seed": rec.get("seed"),
+                         "macs": float(macs), "macs_keep": float(macs) / float(m["dense_macs"])})
+    _tag(rows, "manidp")
     d = results.get("ddnp")
     if d:
         spec = spec_of(d["model"], {})
@@ -93,6 +111,7 @@ def points(results: dict, spec_of) -> list[dict]:
                          "scale": d["scale"], "accuracy": run["finetuned_test_acc"], "dense": run["dense_test_acc"],
                          "stage": "fine-tuned (short)", "seed": run["seed"],
                          **_cost(spec, dict(zip(d["layers"], run["widths"])))})
+    _tag(rows, "ddnp")
     b = results.get("bar")
     if b:
         for run in b["runs"]:
@@ -111,6 +130,7 @@ def points(results: dict, spec_of) -> list[dict]:
             rows.append({"method": run["method"], "setting": f"PF {run['pf']}", "model": f"{first['model']} k=1",
                          "scale": b["scale"], "accuracy": run["accuracy"], "dense": b["teacher"]["accuracy"],
                          "stage": "iterative prune + retrain", **_cost(spec, widths)})
+    _tag(rows, "bar")
     for r in rows:
         r["drop"] = (r["dense"] - r["accuracy"]) if r.get("dense") is not None else float("nan")
     return _group(rows, lambda r: (r["method"], r["setting"], r["model"]))

@@ -18,6 +18,52 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 RESULTS_DIR = REPO_ROOT / "results"
 
 
+# every results file read in this process (path relative to the repository where inside it -> sha256): a
+# notebook's build records them in its metadata, and tests/test_notebook_freshness.py checks that a
+# committed notebook was executed on the results files now in the tree
+_RESULTS_READ: dict[str, str] = {}
+
+
+def _file_sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def note_results_read(path) -> Path:
+    """Record that this process read results file ``path`` (its sha256 now); returns the path."""
+    path = Path(path).resolve()
+    try:
+        key = path.relative_to(REPO_ROOT).as_posix()
+    except ValueError:
+        key = str(path)
+    _RESULTS_READ[key] = _file_sha256(path)
+    return path
+
+
+def results_read() -> dict:
+    """``{path: sha256}`` of every results file this process has read (:func:`note_results_read`); paths
+    inside the repository are relative to it."""
+    return dict(sorted(_RESULTS_READ.items()))
+
+
+def load_results_file(path):
+    """A results file other than a study's own (``.json`` as a dict, ``.npz`` as numpy's lazy archive),
+    recorded as read (:func:`note_results_read`)."""
+    import json
+
+    path = note_results_read(path)
+    if path.suffix == ".npz":
+        import numpy as np
+
+        return np.load(path)
+    return json.loads(path.read_text())
+
+
 def results_path(name: str, scale: str) -> Path:
     """Where the cached results of experiment ``name`` at ``scale`` live."""
     return RESULTS_DIR / f"{name}_{scale}.json"
@@ -232,4 +278,4 @@ def load_results(name: str, scale: str, *, out=None, run_if_missing: bool = True
 
         raise DataError(f"no cached {scale}-scale results at {path}; produce them with "
                         f"`prunelab experiment {name} --scale {scale}` (or run the notebook with PRUNELAB_SCALE=ci)")
-    return json.loads(path.read_text())
+    return json.loads(note_results_read(path).read_text())

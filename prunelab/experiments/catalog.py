@@ -72,7 +72,9 @@ def _cached(path: Path, skip=None) -> list[Entry]:
     """Entries of one cached results file (the studies' formats). A row that cannot be read is left out
     and given to ``skip(path, error, row)``, so one damaged row never hides
     the file's other rows; a file that is not a mapping raises."""
-    r = json.loads(path.read_text())
+    from . import note_results_read
+
+    r = json.loads(note_results_read(path).read_text())
     if not isinstance(r, dict):
         raise ValueError(f"a results file holds a JSON object, not {type(r).__name__}")
     study, scale = r.get("study"), r.get("scale")

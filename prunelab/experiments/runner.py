@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from ..config import scale_caveat
 from ..errors import ConfigError, UnknownNameError
 from ..workflows.subruns import is_done
 from . import REPO_ROOT, check_parts, results_path, write_results
@@ -596,7 +597,8 @@ class Runner:
             np.savez_compressed(buf, **arrays)
             atomic_write_bytes(written.with_suffix(".npz"), buf.getvalue())
             res["arrays_file"] = str(written.with_suffix(".npz"))
-        self.say(f"results written to {written}" + (f"; missing {len(missing)} sub-runs" if missing else ""))
+        self.say(f"results written to {written}" + (f"; missing {len(missing)} sub-runs" if missing else "")
+                 + scale_caveat(self.scale))
         return res
 
 

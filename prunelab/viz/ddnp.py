@@ -106,9 +106,7 @@ def plot_final_accuracy(groups: dict, ax=None, *, title: str, scale: str):
     ns = {name: max((len([a for a in v if a is not None]) for v in groups[name].values()), default=0) for name in settings}
     ax.set_xticks(range(len(settings)), [f"{s}\n(n={ns[s]})" for s in settings])
     ax.set_ylabel("test accuracy (%), mean ± std over seeds")
-    lo = [100 * min(a for v in g.values() for a in v if a is not None) for g in groups.values() if any(g.values())]
-    if lo:
-        ax.set_ylim(max(0, min(lo) - 5), None)
+    ax.set_ylim(0, None)  # bars encode length: from zero, so their ratios read true
     ax.legend(fontsize=8)
     return title_with_scale(ax, title, scale)
 

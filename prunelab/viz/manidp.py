@@ -44,7 +44,8 @@ def plot_lambda_trajectories(trajectories: np.ndarray, groups: dict, ax=None, *,
     ax.set_xlabel("epoch")
     ax.set_ylabel("λ(x_i) / λ′ (complexity weight, 0–1)")
     ax.set_ylim(-0.02, 1.02)
-    ax.legend(loc="best", fontsize=8)
+    # below the axes: the bands span the whole height, any place inside would cover one of them
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=8, frameon=False)
     if images:
         for k, (label, thumbs) in enumerate(images.items()):
             for j, im in enumerate(thumbs[:examples]):

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from .. import methods, models
-from ..config import Config, dump_yaml
+from ..config import Config, dump_yaml, scale_caveat
 from ..counting import count
 from ..errors import ConfigError
 from ..pruning.budget import Budget
@@ -119,7 +119,7 @@ def run_pipeline(cfg: Config, out=None, *, resume: bool = False, force: bool = F
                         + f"pruned "
                         f"{100 * r['pruned_test_acc_before_finetune']:.2f}% -> "
                         + (f"extracted {100 * r['extracted_test_acc']:.2f}% -> " if "extracted_test_acc" in r else "")
-                        + f"fine-tuned {100 * r['final_test_acc']:.2f}%")
+                        + f"fine-tuned {100 * r['final_test_acc']:.2f}%" + scale_caveat(cfg.scale))
         if dist_info.is_main:
             write_json(run.file("result.json"), r)
         return r
