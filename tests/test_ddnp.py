@@ -258,6 +258,35 @@ def test_fix_s_ranks_by_the_l1_norm_and_trains_only_k():
     assert groups == ["width"]
 
 
+def test_fix_s_scales_over_all_layers_and_feeds_soft_gates_as_the_official_code():
+    """Issue 29 / D9: the official im_static (gaosh/DDNP@5417577, models/hypernet.py) min-max scales the
+    concatenated scores of every layer to [-3, 3], centres the gates on their global mean and hands the soft
+    gates to terms 2 and 3. Per-layer scaling puts about half of every layer's gates above 0.5 (abar ~ 0.5
+    everywhere), which is what made Fix S's widths equal l1's; the global reading lets them differ."""
+    glob = _model("fix_s").controller
+    per = _model("fix_s", fix_s_scaling="per_layer", fix_s_gate="hard").controller
+    valid = glob.valid
+    s = glob.fixed_score[valid]
+    assert float(s.min()) == pytest.approx(-3) and float(s.max()) == pytest.approx(3)
+    lo = glob.fixed_score.masked_fill(~valid, 9).amin(1)
+    assert (lo > -3 + 1e-3).any()  # some layer does not reach the global minimum: not per-layer scaling
+    for j in range(len(per.names)):
+        row = per.fixed_score[j, valid[j]]
+        assert float(row.min()) == pytest.approx(-3) and float(row.max()) == pytest.approx(3)
+        # the same ranking within each layer under both readings
+        assert torch.equal(torch.argsort(row), torch.argsort(glob.fixed_score[j, valid[j]]))
+    gate = glob._fixed_gate()
+    assert float(((gate * valid).sum() / glob.channels.sum() - torch.sigmoid(
+        (s - s.mean()) / 0.7).mean()).abs()) < 1e-6
+    abar_global = ((gate >= 0.5) & valid).sum(1).float() / glob.channels
+    abar_per = ((per._fixed_gate() >= 0.5) & valid).sum(1).float() / per.channels
+    assert float(abar_global.std()) > 2 * float(abar_per.std())
+    model = _model("fix_s")
+    _train(model, steps=1)
+    a = model.controller.last["a"]
+    assert ((a > 0) & (a < 1)).any()  # soft gates reach terms 2 and 3, not their 0.5 threshold
+
+
 def test_fix_k_keeps_half_of_every_layer():
     model = _model("fix_k")
     _train(model)

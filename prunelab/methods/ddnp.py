@@ -42,7 +42,8 @@ training set. A search that ends with |R - p| > 0.02 (too short, or lambda too w
 (:class:`~prunelab.methods.base.OffBudgetWarning`) and records ``off_budget`` in its report.
 
 Variants (supplement Fig. A1 d/e; ``variant``): ``fix_s`` (importance fixed to the L1 norm of each
-channel's conv1 filter, data-free, D9: only terms 2 and 3, the CE is logged but not trained on),
+channel's conv1 filter, data-free, D9: scaled to [-3, 3] over all layers together, its soft gates
+sigma((s - mean)/0.7) feed terms 2 and 3, as the official im_static does; the CE is logged but not trained on),
 ``fix_k`` (every k_l = 0.5), ``channelwise`` (one free logit per channel and one per layer, D13);
 ``learnable_input`` (D12) and ``score_function`` are orthogonal options.
 """
@@ -273,8 +274,10 @@ class DDNPController(Controller):
 
     def __init__(self, names: list[str], channels: list[int], importance: nn.Module | None,
                  width: nn.Module | None, *, score_function: str = "sigmoid", fixed_k: float = 0.5,
-                 min_channels: int = 1, use_prior: bool = False):
+                 min_channels: int = 1, use_prior: bool = False, fix_s_scaling: str = "global",
+                 fix_s_gate: str = "soft"):
         super().__init__()
+        self.fix_s_scaling, self.fix_s_gate = fix_s_scaling, fix_s_gate
         self.names, self.channel_list = list(names), list(channels)
         self.importance, self.width = importance, width
         self.score_function, self.fixed_k, self.min_channels = score_function, float(fixed_k), int(min_channels)
@@ -311,9 +314,27 @@ class DDNPController(Controller):
         return v / m
 
     def _fixed_gate(self) -> torch.Tensor:
+        """sigma((s - mean) / 0.7) of the fixed scores; the mean over every layer's channels (``global``,
+        the official im_static) or over the layer's own (``per_layer``)."""
         s = self.fixed_score
-        mean = (s * self.valid).sum(1, keepdim=True) / self.channels[:, None]
+        if self.fix_s_scaling == "global":
+            mean = (s * self.valid).sum() / self.channels.sum()
+        else:
+            mean = (s * self.valid).sum(1, keepdim=True) / self.channels[:, None]
         return torch.sigmoid((s - mean) / FIX_S_TEMPERATURE)
+
+    def set_fixed_scores(self, scores: list[torch.Tensor]) -> None:
+        """Fix S: the per-layer raw scores, min-max scaled to [-3, 3] over all layers together (``global``,
+        the official im_static) or layer by layer (``per_layer``). Ranks within a layer are the same
+        either way; the gates sigma((s - mean)/0.7) that terms 2 and 3 read are not."""
+        with torch.no_grad():
+            if self.fix_s_scaling == "global":
+                flat = _scaled(torch.cat([v.float().flatten() for v in scores]))
+                scores = list(torch.split(flat, [len(v) for v in scores]))
+            else:
+                scores = [_scaled(v.float()) for v in scores]
+            for j, v in enumerate(scores):
+                self.fixed_score[j, : len(v)] = v
 
     def eval_masks(self) -> torch.Tensor:
         """0/1 masks (L, Cmax) of the extracted network."""
@@ -329,7 +350,8 @@ class DDNPController(Controller):
         k = self.k()
         if self.importance is None:  # Fix S: ranked by the fixed score, no gate (official code)
             score, gate_soft = self.fixed_score, self._fixed_gate()
-            a = (gate_soft >= 0.5).float()
+            # the official code gives terms 2 and 3 the soft gates; "hard" thresholds them at 0.5
+            a = gate_soft if self.fix_s_gate == "soft" else (gate_soft >= 0.5).float()
             gate = torch.ones_like(score)
         else:
             z = self.importance().float()
@@ -367,7 +389,10 @@ class DDNPOptions(MethodOptions):
     (``cifar10-resnet56`` = 0.48, ...); neither: a budget's keep ratio, else 0.48 (D6). ``lambda``: weight
     of |log(R/p)| (D5); ``rho``: weight of the alignment term; ``alignment_distance``: ``log`` log(1+|.|)
     or ``mae`` |.| (D4). ``variant``: ``full``, ``fix_s``, ``fix_k``, ``channelwise`` (supplement Fig. A1 d);
-    ``fix_s_score``: ``l1`` (data-free) or ``feature_norm`` (D9); ``fix_k_value``: the fixed width;
+    ``fix_s_score``: ``l1`` (data-free) or ``feature_norm`` (D9); ``fix_s_scaling``: the Fix-S scores min-max
+    scaled to [-3, 3] over all layers (``global``, official) or per layer; ``fix_s_gate``: terms 2 and 3 read the
+    soft gates sigma((s - mean)/0.7) (``soft``, official) or their 0.5 threshold (``hard``, D9);
+    ``fix_k_value``: the fixed width;
     ``learnable_input`` (D12); ``score_function``: ``sigmoid``, ``abs`` (|s|), ``square`` (s^2);
     ``generator_norm``, ``bidirectional`` (D1); ``importance_prior`` (D2); ``objective``: ``three_term``
     (CE + resource with c_l = (sum a + k C)/2 + alignment), ``two_term`` (CE + resource with c_l = k C, the
@@ -387,6 +412,8 @@ class DDNPOptions(MethodOptions):
     alignment_distance: Literal["log", "mae"] = "log"
     variant: Literal["full", "fix_s", "fix_k", "channelwise"] = "full"
     fix_s_score: Literal["l1", "feature_norm"] = "l1"
+    fix_s_scaling: Literal["global", "per_layer"] = "global"
+    fix_s_gate: Literal["soft", "hard"] = "soft"
     fix_k_value: float = 0.5
     learnable_input: bool = False
     score_function: Literal["sigmoid", "abs", "square"] = "sigmoid"
@@ -488,12 +515,11 @@ class DisentangledPruning(Method):
             width = ScalarWidth(len(names))
         controller = DDNPController(names, channels, importance, width, score_function=o.score_function,
                                     fixed_k=o.fix_k_value, min_channels=o.min_channels,
-                                    use_prior=o.importance_prior == "feature_norm")
+                                    use_prior=o.importance_prior == "feature_norm",
+                                    fix_s_scaling=o.fix_s_scaling, fix_s_gate=o.fix_s_gate)
         if o.variant == "fix_s" and o.fix_s_score == "l1":
             with torch.no_grad():  # data-free: the L1 norm of each channel's conv1 filter, scaled to [-3, 3]
-                for j, t in enumerate(tensors):
-                    l1 = filter_l1(net.get_submodule(t.conv))
-                    controller.fixed_score[j, : t.channels] = _scaled(l1)
+                controller.set_fixed_scores([filter_l1(net.get_submodule(t.conv)) for t in tensors])
         return attach_gates(net, lambda t: GeneratedGate(t.channels), names=names, controller=controller)
 
     def _feature_norms(self, trainer) -> None:
@@ -520,11 +546,11 @@ class DisentangledPruning(Method):
         for h in hooks:
             h.remove()
         ctrl = model.controller
-        for j, n in enumerate(self._names):
-            phi = sums[n] / max(seen, 1)
+        phis = [sums[n] / max(seen, 1) for n in self._names]
+        for j, phi in enumerate(phis):
             ctrl.prior[j, : len(phi)] = phi
-            if self.options.variant == "fix_s" and self.options.fix_s_score == "feature_norm":
-                ctrl.fixed_score[j, : len(phi)] = _scaled(phi)
+        if self.options.variant == "fix_s" and self.options.fix_s_score == "feature_norm":
+            ctrl.set_fixed_scores(phis)
 
     # -- training ------------------------------------------------------------------------------------
     def setup(self, trainer):
