@@ -62,6 +62,8 @@ REFUSED = {
     ("lzr", "resnet18"): "method lzr " + _TRUNKS.format(**_R18),
     ("bar", "mobilenet_v2"): "method bar " + _TRUNKS.format(**_MBV2),
     ("lzr", "mobilenet_v2"): "method lzr " + _TRUNKS.format(**_MBV2),
+    ("ib", "resnet18"): "method ib " + _TRUNKS.format(**_R18),
+    ("ib", "mobilenet_v2"): "method ib " + _TRUNKS.format(**_MBV2),
 }
 
 XFAIL = {}  # (method, model) -> why: a case failing for a reason outside the methods' files
