@@ -22,7 +22,10 @@ def _configs(scale, parts=None):
 def test_every_config_builds_and_starts_from_the_dense_checkpoint(scale):
     states = _configs(scale)
     assert states[0].sub.name == "dense" and all(st.config is not None for st in states)
-    expected = 1 + sum(len(st["seeds"]) for st in settings(scale).values()) + 2 * len(SCALES[scale]["compare_seeds"])
+    from prunelab.experiments.ddnp_study import RANK
+
+    expected = (1 + sum(len(st["seeds"]) for st in settings(scale).values()) + 2 * len(SCALES[scale]["compare_seeds"])
+                + len(RANK) * len(SCALES[scale]["rank_seeds"]))
     assert len(states) == expected
     for st in states[1:]:
         assert st.sub.needs == ("dense",) and st.sub.kind == "pipeline"
@@ -38,7 +41,8 @@ def test_plan_names_the_subruns_of_the_committed_results_in_their_order():
     # the settings added to the plan since the results were made (new sub-runs, not yet run) aside, the
     # plan names the committed sub-runs in their order
     added = set(settings("cpu")) - set(committed["settings"])
-    names = [st.sub.name for st in _configs("cpu") if st.sub.name.rsplit("-s", 1)[0] not in added]
+    names = [st.sub.name for st in _configs("cpu") if st.sub.name.rsplit("-s", 1)[0] not in added
+             and not (st.sub.name.startswith("rank-") and "rank" not in committed["parts"])]
     runs = [k.replace("/s", "-s") for k in committed["runs"]]
     compare = ["compare-" + k.replace("/s", "-s") for k in committed["compare"]]
     assert names == ["dense"] + runs + compare
@@ -69,3 +73,51 @@ def test_finished_searches_are_aggregated_when_the_dense_record_is_missing(tmp_p
     assert "dense" not in out
     assert set(out["runs"]) == {"full/s0"} and out["runs"]["full/s0"]["finetuned_test_acc"] == 0.4
     assert set(out["compare"]) == {"l1/s0"} and out["p"] == 0.5
+
+
+def test_the_rank_part_runs_every_method_from_the_dense_checkpoint_and_aggregates_curves(tmp_path):
+    """Issue 29 item 3: the ranking comparison's six methods run at ci from the one dense checkpoint, at the
+    same budget and fine-tuning schedule, and the aggregate keeps each run's fine-tuning curve."""
+    from prunelab import models
+    from prunelab.analysis.ddnp import equal_budget
+    from prunelab.experiments.ddnp_study import RANK
+
+    res = R.Runner("ddnp", "ci", tmp_path / "runs", results=tmp_path / "d.json", parts=["rank"], quiet=True).run()
+    assert not res["missing"] and not res["failed"], res.get("why_missing")
+    assert sorted(res["rank"]) == sorted(f"{m}/s0" for m, _, _ in RANK)
+    for row in res["rank"].values():
+        assert len(row["finetune_curve"]) == SCALES["ci"]["rank_finetune_epochs"]
+        if row["method"] != "ddnp":  # a 3-epoch ci search does not reach p (mechanics only)
+            assert abs(row["macs"] / res["dense_macs"] - 0.5) < 0.05, row
+    eb = equal_budget(res, models.describe(models.create("resnet20")))
+    assert {r["method"] for r in eb["table"]} == {m for m, _, _ in RANK} and eb["seeds"] == [0]
+    assert len(eb["gap_curve_mean"]) == SCALES["ci"]["rank_finetune_epochs"]
+
+
+def test_equal_budget_pairs_seeds_and_the_claim_can_fail():
+    """The paired comparison on synthetic rows: the gap curve is per epoch over paired seeds, the t-test's
+    p is small for a consistent gap, and the claim fails when the gap reverses."""
+    from prunelab import models
+    from prunelab.analysis.ddnp import claims, equal_budget
+
+    spec = models.describe(models.create("resnet20"))
+    dense = float(__import__("prunelab.counting", fromlist=["count"]).count(spec).macs)
+
+    def row(method, seed, final, curve):
+        return {"method": method, "seed": seed, "finetuned_test_acc": final, "pruned_test_acc": 0.3,
+                "macs": 0.5 * dense, "widths": [8] * 9, "finetune_curve": curve}
+
+    study = {"p": 0.5, "settings": {}, "runs": {}, "rank": {}}
+    for s, (a, b) in enumerate([(0.86, 0.85), (0.865, 0.852), (0.862, 0.851)]):
+        study["rank"][f"ddnp/s{s}"] = row("ddnp", s, a, [a - 0.02, a - 0.01, a - 0.005, a])
+        study["rank"][f"l1/s{s}"] = row("l1", s, b, [b - 0.01, b - 0.008, b - 0.004, b])
+    eb = equal_budget(study, spec)
+    assert eb["seeds"] == [0, 1, 2] and len(eb["gap_curve_mean"]) == 4
+    assert abs(eb["final_gap"]["mean"] - (0.010 + 0.013 + 0.011) / 3) < 1e-9 and eb["p_paired_t"] < 0.05
+    c = next(c for c in claims(study, spec) if c.get("id") == "ddnp_vs_l1_equal_budget")
+    assert c["holds"], c
+    for s in range(3):  # l1 wins on every seed: the claim fails
+        study["rank"][f"l1/s{s}"]["finetuned_test_acc"] += 0.03
+        study["rank"][f"l1/s{s}"]["finetune_curve"] = [v + 0.03 for v in study["rank"][f"l1/s{s}"]["finetune_curve"]]
+    c = next(c for c in claims(study, spec) if c.get("id") == "ddnp_vs_l1_equal_budget")
+    assert not c["holds"], c

@@ -256,6 +256,48 @@ pd.DataFrame([{"method": r["method"], "n": r["n"], "MMACs": round(r["macs"]["mea
               for r in cmp_rows])
 
 # %% [markdown]
+# ## Equal budget with a fine-tune long enough to rank
+#
+# The comparison above fine-tunes for 2 epochs, too short to rank: the methods end within each other's seed
+# spread. The study's `rank` part runs six methods from the same checkpoint at 50 % MACs: DDNP, `l1`, network
+# slimming, PFS, HRank and CHIP. Each gets three seeds and the same longer fine-tune (8 epochs at cpu). Left:
+# the mean test accuracy after every fine-tuning epoch. Right: the gap DDNP − `l1`, paired by seed (the
+# same fine-tuning seed), mean ± std. A ranking is stable when the gap keeps its sign over the last epochs.
+# The claim `ddnp_vs_l1_equal_budget` below also needs a paired t-test with p < 0.05.
+
+# %%
+eb = ad.equal_budget(S, spec)
+if not eb:
+    print("the ranking comparison (the study's `rank` part) is not in these results yet; run it with "
+          f"`prunelab experiment ddnp --scale {SCALE} --parts dense,rank` (then `--collect`)")
+else:
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.2))
+    for i, r in enumerate(eb["table"]):
+        if r["curve"]:
+            axes[0].plot(range(1, len(r["curve"]) + 1), [100 * v for v in r["curve"]], "o-", color=f"C{i}",
+                         label=f"{r['label']} (mean of n = {r['n']}; {r['structures']} structure(s))")
+    axes[0].set(xlabel="fine-tuning epoch", ylabel="test accuracy (%)")
+    axes[0].legend(fontsize=7)
+    vd.title_with_scale(axes[0], f"Equal budget (50 % MACs): test accuracy while fine-tuning ({CTX})", SCALE)
+    if eb.get("gap_curve_mean"):
+        m, sd = np.array(eb["gap_curve_mean"]) * 100, np.array(eb["gap_curve_std"]) * 100
+        ep = np.arange(1, len(m) + 1)
+        axes[1].plot(ep, m, "o-", color="C0", label=f"DDNP − l1, mean ± std over paired seeds (n = {len(eb['seeds'])})")
+        axes[1].fill_between(ep, m - sd, m + sd, color="C0", alpha=0.2)
+        axes[1].axhline(0, color="0.5", ls=":")
+        axes[1].legend(fontsize=7)
+    axes[1].set(xlabel="fine-tuning epoch", ylabel="accuracy gap (points)")
+    vd.title_with_scale(axes[1], f"DDNP − l1 against fine-tuning epochs ({CTX})", SCALE)
+    fig.tight_layout()
+    save_figure(fig, "equal_budget_rank", "02_ddnp")
+    plt.show()
+    print(f"paired t-test on the final accuracies (DDNP vs l1, n = {len(eb.get('seeds', []))} seed pairs): "
+          f"p = {eb.get('p_paired_t', float('nan')):.3g}")
+    display(pd.DataFrame([{"method": r["label"], "n": r["n"], "structures": r["structures"],
+                           "MACs / dense": round(r["macs_ratio"]["mean"], 3), "before fine-tuning (%)": pct(r["before_finetune"]),
+                           "after fine-tuning (%)": pct(r["finetuned"])} for r in eb["table"]]))
+
+# %% [markdown]
 # ## The claims, recomputed from the runs
 #
 # `holds` is what the numbers say at this scale. The same checks run in `tests/test_claims.py` on the

@@ -105,6 +105,55 @@ def compare_table(study: dict, spec) -> list[dict]:
     return rows
 
 
+RANK_LABELS = {"ddnp": "DDNP", "l1": "l1", "slimming": "network slimming", "pfs": "PFS (pretrained gates)",
+               "hrank": "HRank", "chip": "CHIP"}
+
+
+def equal_budget(study: dict, spec, a: str = "ddnp", b: str = "l1") -> dict:
+    """The ranking comparison (the study's ``rank`` part): per method its n, fine-tuned accuracy (mean ±
+    std), MACs ratio (recounted) and mean curve of test accuracy over the fine-tuning epochs; and for the
+    pair (a, b), the gap a − b after every fine-tuning epoch (mean ± std over the seeds both finished: the
+    same fine-tuning seed pairs them), with a paired t-test on the final accuracies (scipy's
+    ``ttest_rel``; p is NaN below 2 pairs). Empty when the results hold no ``rank`` runs."""
+    runs = study.get("rank") or {}
+    if not runs:
+        return {}
+    dense = float(count(spec).macs)
+    methods: dict = {}
+    for r in runs.values():
+        methods.setdefault(r["method"], []).append(r)
+    table = []
+    for m, rs in methods.items():
+        rs = sorted(rs, key=lambda r: r["seed"])
+        curves = [r["finetune_curve"] for r in rs if r.get("finetune_curve")]
+        n_ep = min((len(c) for c in curves), default=0)
+        table.append({"method": m, "label": RANK_LABELS.get(m, m), "n": len(rs),
+                      "finetuned": spread([r["finetuned_test_acc"] for r in rs]),
+                      "before_finetune": spread([r["pruned_test_acc"] for r in rs]),
+                      "macs_ratio": spread([r["macs"] / dense for r in rs]),
+                      "structures": len({tuple(r["widths"]) for r in rs}),
+                      "curve": np.mean([c[:n_ep] for c in curves], 0).tolist() if n_ep else []})
+    out = {"table": table, "pair": (a, b)}
+    ra = {r["seed"]: r for r in methods.get(a, [])}
+    rb = {r["seed"]: r for r in methods.get(b, [])}
+    seeds = sorted(set(ra) & set(rb))
+    if seeds:
+        fa = np.array([ra[s]["finetuned_test_acc"] for s in seeds], dtype=np.float64)
+        fb = np.array([rb[s]["finetuned_test_acc"] for s in seeds], dtype=np.float64)
+        n_ep = min(min(len(ra[s].get("finetune_curve") or []), len(rb[s].get("finetune_curve") or [])) for s in seeds)
+        gaps = np.array([[ra[s]["finetune_curve"][e] - rb[s]["finetune_curve"][e] for e in range(n_ep)]
+                         for s in seeds], dtype=np.float64).reshape(len(seeds), n_ep)
+        p = float("nan")
+        if len(seeds) >= 2 and np.any(fa - fb != 0):
+            from scipy.stats import ttest_rel
+
+            p = float(ttest_rel(fa, fb).pvalue)
+        out.update({"seeds": seeds, "final_gap": spread(fa - fb), "p_paired_t": p,
+                    "gap_curve_mean": gaps.mean(0).tolist() if n_ep else [],
+                    "gap_curve_std": (gaps.std(0, ddof=1) if len(seeds) > 1 else np.zeros(n_ep)).tolist() if n_ep else []})
+    return out
+
+
 def _final_acc(runs, finetuned: bool) -> list:
     return [r["finetuned_test_acc"] if finetuned else r["extracted_test_acc"] for r in runs]
 
@@ -161,6 +210,20 @@ def claims(study: dict, spec) -> list[dict]:
                     out.append({"claim": f"{name} is worse than the full method by more than the seed spread "
                                          f"({stage}; spread = the larger sample std)", variant: av, "full": af,
                                 "difference": gap, "seed_spread": noise, "holds": bool(gap > noise)})
+    # 5b. DDNP beats l1 at an equal budget after the long fine-tune (the rank part), paired over seeds
+    eb = equal_budget(study, spec)
+    if eb.get("seeds"):
+        rows = {r["method"]: r for r in eb["table"]}
+        equal = all(abs(rows[m]["macs_ratio"]["mean"] - 0.5) <= 0.01 for m in ("ddnp", "l1"))
+        last = eb["gap_curve_mean"][-3:]
+        out.append({"id": "ddnp_vs_l1_equal_budget",
+                    "claim": "DDNP is more accurate than l1 at an equal budget after the long fine-tune (both within "
+                             "0.01 of 50 % MACs; paired t-test over seeds p < 0.05; the gap keeps its sign over the "
+                             "last 3 fine-tuning epochs)",
+                    "ddnp": rows["ddnp"]["finetuned"], "l1": rows["l1"]["finetuned"], "gap": eb["final_gap"],
+                    "p_paired_t": eb["p_paired_t"], "gap_curve": eb["gap_curve_mean"], "equal_budget": equal,
+                    "holds": bool(equal and eb["final_gap"]["mean"] > 0 and eb["p_paired_t"] < 0.05
+                                  and len(last) > 0 and all(g > 0 for g in last))})
     # 5. learnable and fixed inputs differ by less than the seed spread
     lr = runs_of(study, "learnable_input")
     if lr and full:

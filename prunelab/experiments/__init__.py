@@ -106,9 +106,11 @@ RECIPES = {
     "manidp": {"configs": ["resnet20", "resnet20_manidp", "resnet20_l1"],
                "files": ["prunelab/experiments/manidp_study.py", "prunelab/methods/manidp.py",
                          "prunelab/methods/plan.py", "prunelab/methods/l1.py"]},
-    "ddnp": {"configs": ["resnet20", "resnet20_ddnp", "resnet20_l1", "resnet20_pfs"],
+    "ddnp": {"configs": ["resnet20", "resnet20_ddnp", "resnet20_l1", "resnet20_pfs", "resnet20_slimming",
+                         "resnet20_hrank", "resnet20_chip"],
              "files": ["prunelab/experiments/ddnp_study.py", "prunelab/methods/ddnp.py", "prunelab/methods/l1.py",
-                       "prunelab/methods/pfs.py"]},
+                       "prunelab/methods/pfs.py", "prunelab/methods/slimming.py", "prunelab/methods/hrank.py",
+                       "prunelab/methods/chip.py"]},
 }
 
 

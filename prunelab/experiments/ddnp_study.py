@@ -16,6 +16,13 @@ eval mode), then extracted; the settings whose panel needs it are fine-tuned (al
 * ``inputs``: Fig. A1 (e), learnable against fixed generator inputs;
 * ``outputs``: the output functions |s| and s^2 (main-paper Fig. 4; recorded, no claim), one seed;
 * ``compare``: ``l1`` and PFS at 50 % MACs from the same checkpoint, fine-tuned the same way as DDNP.
+* ``rank``: the equal-budget comparison long enough to rank (issue 29): DDNP (a full search), ``l1``,
+  network slimming, PFS (gates on the pretrained weights), HRank and CHIP, each at 50 % MACs from the same
+  checkpoint, every one fine-tuned with the same longer schedule (``rank_finetune_epochs``: 8 at cpu),
+  three seeds each (the search's or gate learning's seed and the fine-tuning seed; ``l1``, HRank and CHIP
+  score deterministically, so their three runs share one structure and differ in fine-tuning only). Each
+  record keeps the test accuracy after every fine-tuning epoch, for the gap-against-epochs curve and the
+  paired comparison (:func:`prunelab.analysis.ddnp.equal_budget`).
 
 Scales:
 
@@ -47,20 +54,33 @@ from ..config import deep_merge, load_config
 from ..counting import block_ops_ratio, count
 from .runner import Runner, Study, SubRun, default_record, register_study
 
-PARTS = ("dense", "lambda", "rho", "variants", "inputs", "outputs", "compare")
+PARTS = ("dense", "lambda", "rho", "variants", "inputs", "outputs", "compare", "rank")
 
 SCALES = {
-    "ci": {"model": "resnet20", "seeds": (0,), "variant_seeds": (0,), "compare_seeds": (0,), "lambdas": (0.05, 4.0), "rhos": (0.0, 1.0, 5.0),
+    "ci": {"model": "resnet20", "seeds": (0,), "variant_seeds": (0,), "compare_seeds": (0,), "rank_seeds": (0,),
+           "rank_finetune_epochs": 1, "lambdas": (0.05, 4.0), "rhos": (0.0, 1.0, 5.0),
            "output_seeds": (0,), "finetune_epochs": 1, "search": {}, "dense_epochs": None},
-    "cpu": {"model": "resnet20", "seeds": (0, 1, 2), "variant_seeds": (0, 1, 2), "compare_seeds": (0, 1, 2), "lambdas": (0.05, 0.5, 4.0), "rhos": (0.0, 1.0, 5.0),
+    "cpu": {"model": "resnet20", "seeds": (0, 1, 2), "variant_seeds": (0, 1, 2), "compare_seeds": (0, 1, 2),
+            "rank_seeds": (0, 1, 2), "rank_finetune_epochs": 8, "lambdas": (0.05, 0.5, 4.0), "rhos": (0.0, 1.0, 5.0),
             "output_seeds": (0,), "finetune_epochs": 2, "dense_epochs": 30, "search": {}},
-    "paper": {"model": "resnet56", "seeds": (0, 1, 2), "variant_seeds": (0, 1, 2), "compare_seeds": (0, 1, 2), "lambdas": (0.5, 2.0, 4.0, 8.0), "rhos": (0.0, 0.5, 1.0, 2.0, 5.0),
+    "paper": {"model": "resnet56", "seeds": (0, 1, 2), "variant_seeds": (0, 1, 2), "compare_seeds": (0, 1, 2),
+              "rank_seeds": (0, 1, 2), "rank_finetune_epochs": None, "lambdas": (0.5, 2.0, 4.0, 8.0), "rhos": (0.0, 0.5, 1.0, 2.0, 5.0),
               "output_seeds": (0, 1, 2), "finetune_epochs": None, "search": {}, "dense_epochs": None},
 }
 
 # the comparison methods: (method, config, extra overrides)
 COMPARE = (("l1", "resnet20_l1", {}),
            ("pfs", "resnet20_pfs", {"stages": {"finetune": {"reinit": False, "data": {"holdout": 0}}}}))
+
+
+# the ranking comparison: (method, config, extra overrides); slimming's sparsity training is its config's
+# short learn stage on the pretrained network
+RANK = (("ddnp", "resnet20_ddnp", {}),
+        ("l1", "resnet20_l1", {}),
+        ("slimming", "resnet20_slimming", {}),
+        ("pfs", "resnet20_pfs", {"stages": {"finetune": {"reinit": False, "data": {"holdout": 0}}}}),
+        ("hrank", "resnet20_hrank", {}),
+        ("chip", "resnet20_chip", {}))
 
 
 def settings(scale: str) -> dict:
@@ -109,6 +129,29 @@ def _compare_runs(scale: str, parts: tuple) -> list[tuple]:
     if "compare" not in parts:
         return []
     return [(method, config, extra, seed) for seed in SCALES[scale]["compare_seeds"] for method, config, extra in COMPARE]
+
+
+def _rank_runs(scale: str, parts: tuple) -> list[tuple]:
+    """``(method, config, extra overrides, seed)`` of the ranking comparison (none without ``rank``)."""
+    if "rank" not in parts:
+        return []
+    return [(m, c, e, seed) for seed in SCALES[scale]["rank_seeds"] for m, c, e in RANK]
+
+
+def _rank_finetune(s: dict) -> dict:
+    if s["rank_finetune_epochs"] is None:  # the config's own (paper) schedule
+        return {}
+    return {"train": {"epochs": s["rank_finetune_epochs"]}, "optim": {"lr": 0.05},
+            "schedule": {"name": "onecycle", "warmup": 0.15}}
+
+
+def rank_row(rec: dict, method: str, seed: int, spec, layers: list[str]) -> dict:
+    """The row of one ranking-comparison run: :func:`compare_row` and the test accuracy after every
+    fine-tuning epoch (from its metrics log)."""
+    row = compare_row(rec, method, seed, spec, layers)
+    row["finetune_curve"] = [m["test_acc"] for m in rec.get("metrics", [])
+                             if m.get("stage") == "finetune" and m.get("test_acc") is not None]
+    return row
 
 
 def _layers(scale: str):
@@ -219,6 +262,15 @@ class DDNPStudy(Study):
                         "budget": {"metric": "macs", "keep": 0.5, "reduction": None},
                         "stages": {"finetune": _finetune(s, True)}}))),
                 needs=("dense",), part="compare", label=f"{method} seed {seed}"))
+        for method, config, extra, seed in _rank_runs(scale, parts):
+            subs.append(SubRun(
+                f"rank-{method}-s{seed}", "pipeline",
+                lambda deps, config=config, extra=extra, seed=seed: load_config(config, scale, overrides=deep_merge(
+                    prog, deep_merge(deep_merge(init(deps), extra), {
+                        "model": {"name": s["model"]}, "train": {"seed": seed},
+                        "budget": {"metric": "macs", "keep": 0.5, "reduction": None},
+                        "stages": {"finetune": _rank_finetune(s)}}))),
+                needs=("dense",), part="rank", label=f"rank: {method} seed {seed}"))
         return subs
 
     def aggregate(self, scale: str, parts: tuple, records: dict, out: Path) -> dict:
@@ -230,7 +282,7 @@ class DDNPStudy(Study):
                  "command": f"prunelab experiment ddnp --scale {scale} --out {out}", "parts": list(parts),
                  "settings": {k: {**v, "part": list(v["part"]), "seeds": list(v["seeds"])} for k, v in table.items()},
                  "scale_settings": {k: v for k, v in s.items() if k != "search"}, "search_overrides": s["search"],
-                 "runs": {}, "compare": {}}
+                 "runs": {}, "compare": {}, "rank": {}}
         dense = records.get("dense")
         if dense is not None:
             study["dense"] = {"test_acc": dense["result"]["final"]["test_acc"], "epochs": dense["result"]["epochs"],
@@ -248,6 +300,10 @@ class DDNPStudy(Study):
             rec = records.get(f"compare-{method}-s{seed}")
             if rec is not None:
                 study["compare"][f"{method}/s{seed}"] = compare_row(rec, method, seed, spec, layers)
+        for method, _, _, seed in _rank_runs(scale, parts):
+            rec = records.get(f"rank-{method}-s{seed}")
+            if rec is not None:
+                study["rank"][f"{method}/s{seed}"] = rank_row(rec, method, seed, spec, layers)
         # filled in by the runner (listed here to keep the results file's key order)
         study.update({"missing": [], "busy": [], "complete": False, "wall_time_s": None, "created": None})
         return study

@@ -174,8 +174,9 @@ def paper_epochs(cfg: Config) -> dict:
     else:
         out["pretrain"] = pre.train.epochs if pre is not None else "random init"
     learn = st.stage_config(cfg, "learn")
-    if methods.get(cfg.method["name"]).learns and learn is not None:
-        out["learn"] = learn.train.epochs
+    method = methods.get(cfg.method["name"])
+    if method.learns and learn is not None:
+        out["learn"] = learn.train.epochs if method.learn_trains else "scores only"
     ft = st.stage_config(cfg, "finetune")
     out["finetune"] = ft.train.epochs if ft is not None else "off"
     return out

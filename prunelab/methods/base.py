@@ -64,6 +64,8 @@ class Method(Hook):
 
     name: ClassVar[str] = "base"
     learns: ClassVar[bool] = False
+    # False for a method whose learn stage only reads data and takes no optimisation step (hrank, chip)
+    learn_trains: ClassVar[bool] = True
     Options: ClassVar[type] = MethodOptions
     slot_set: ClassVar[str] = "internal"
     result_kind: ClassVar[str] = "static"

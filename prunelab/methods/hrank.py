@@ -118,6 +118,7 @@ class FeatureMapScoring(Method):
     them per layer for the shared budget solver."""
 
     learns = True  # reads training images through the shared trainer's learn stage; trains nothing
+    learn_trains = False
     Options = FeatureScoreOptions
 
     def __init__(self, **options):
