@@ -288,7 +288,9 @@ def prune(ctx: StageContext) -> PrunedResult:
         log.mark("prune", report=result.report.to_dict(), kind=result.kind)
     result.module = result.module.to(ctx.device, memory_format=ctx.memory_format)
     rep = result.report
-    if rep.budget_met is False:  # on the console, not only in result.json
+    # on the console, not only in result.json; an unreachable budget already said so in one line, naming
+    # its floor (pruning.budget), and a second, generic line would only repeat it
+    if rep.budget_met is False and not (rep.extra or {}).get("unreachable"):
         import sys
 
         print(f"prunelab: warning: {method.name} did not meet the budget: {rep.metric} {rep.achieved:,.0f} > target "
