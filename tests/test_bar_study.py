@@ -62,7 +62,9 @@ def test_the_cpu_plan_lists_the_subruns_of_the_committed_results(tmp_path):
     committed = json.loads((REPO / "results" / "bar_cpu.json").read_text())
     rows = committed["runs"] + committed["baselines"] + committed["sensitivity"]
     names = [s.name for s in R.Runner("bar", "cpu", tmp_path / "runs", results=tmp_path / "none.json").subs]
-    assert set(names) == {"teacher"} | {r["subrun"] for r in rows}
+    # sub-runs added to the plan after these results were made (not yet run) are named here
+    added = {"wm-kd"}
+    assert set(names) - added == {"teacher"} | {r["subrun"] for r in rows}
 
 
 def test_parts_choose_the_subruns_and_the_teacher_is_always_planned(tmp_path):

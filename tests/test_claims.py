@@ -71,6 +71,16 @@ def test_bar_eliminates_residual_blocks_at_high_pruning_factors(bar):
     assert c["holds"], c["eliminated_blocks"]
 
 
+@pytest.mark.parametrize("pf", [4, 8])
+def test_bar_is_best_at_v4_and_v8(bar, pf):
+    """Issue 30: bar_best_at_v4 / bar_best_at_v8, BAR against every baseline row of the results at that
+    factor (today Random with and without KD; WM, IB, MorphNet... as the study gains them)."""
+    from prunelab.analysis.bar import claims as bar_claims
+
+    c = next(c for c in bar_claims(bar) if c.get("id") == f"bar_best_at_v{pf}")
+    assert c["baselines"] and c["holds"], c
+
+
 def test_bar_loses_less_accuracy_than_random_from_pf2_to_pf16(bar):
     c = _bar_claim(bar, "BAR loses less accuracy")
     assert c["holds"], c
