@@ -49,7 +49,8 @@ class UnknownNameError(PrunelabError, KeyError):
         valid = sorted(valid)
         close = difflib.get_close_matches(str(name), valid, n=1, cutoff=0.5)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        super().__init__(f"unknown {kind} {name!r}.{hint} Valid {kind}s: {', '.join(valid)}")
+        plural = kind[:-1] + "ies" if kind.endswith("y") and kind[-2:-1] not in "aeiou" else kind + "s"
+        super().__init__(f"unknown {kind} {name!r}.{hint} Valid {plural}: {', '.join(valid)}")
 
     def __str__(self) -> str:  # KeyError would otherwise quote the message
         return str(self.args[0])
