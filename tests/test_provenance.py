@@ -31,7 +31,9 @@ PREDATES_FINGERPRINTS: set[str] = set()
 # files whose study's recipe (configs or code files) changed since they were made: their notebooks warn;
 # rerunning the study's command (or --collect on its run folders) refreshes them
 RECIPE_CHANGED = {"bar_cpu.json": "the BAR study moved onto the runner; its recipe now also lists methods/l1.py "
-                                  "(the one L1 score of the WM rule) and experiments/tasks.py"}
+                                  "(the one L1 score of the WM rule) and experiments/tasks.py",
+                  "ddnp_cpu.json": "the DDNP study gained its rank part (issue 29): its recipe now also lists the "
+                                   "slimming, HRank and CHIP configs and method files"}
 
 
 def test_every_study_has_cached_cpu_results():

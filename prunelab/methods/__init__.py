@@ -67,6 +67,6 @@ from ..pruning.result import set_gated_builder  # noqa: E402
 
 set_gated_builder(_build_gated)
 
-from . import bar, chip, ddnp, hrank, ib, l1, lzr, manidp, morphnet, pfs, plan, random, slimming  # noqa: E402,F401  (registration)
+from . import bar, chip, ddnp, hrank, ib, interp_decomp, l1, lzr, manidp, morphnet, pfs, plan, random, slimming, vq  # noqa: E402,F401,E501  (registration)
 
 __all__ = ["Method", "register", "list_methods", "get", "create", "from_config"]
