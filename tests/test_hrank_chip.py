@@ -217,3 +217,17 @@ def test_pipeline_at_ci_scale_meets_half_the_macs(name, batches, tmp_path):
         torch.testing.assert_close(learn["state_dict"][k], v, rtol=0, atol=0)
     assert set(learn["method_state"]["scores"]) == {t.name for t in methods.get(name)().tensors(
         models.describe(models.create("resnet20")))}
+
+
+@pytest.mark.parametrize("name", ["hrank", "chip", "id"])
+def test_a_data_reading_method_without_its_learn_stage_is_refused_before_anything_runs(name, tmp_path, capsys):
+    """Refused in one line at preflight (exit 2, no run folder), not at selection after pretraining."""
+    from prunelab import cli
+
+    out = tmp_path / "run"
+    rc = cli.main(["prune", "resnet20_l1", "--scale", "ci", "--out", str(out), "--set", f"method.name={name}",
+                   "--set", "method.mode=global", "--set", "train.progress=false"]
+                  + (["--set", "method.normalize=mean"] if name != "id" else []))
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert rc == 2 and len(err) == 1 and "stages.learn.enabled=true" in err[0] and name in err[0], err
+    assert not out.exists()

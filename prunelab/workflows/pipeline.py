@@ -62,6 +62,26 @@ def check_budget_is_read(cfg: Config) -> None:
                           f"(the config's budget: section, or --set budget.*) and set {key} instead")
 
 
+def check_data_reading_method_has_its_stage(cfg: Config) -> None:
+    """A method that only reads training data in the learn stage (``learn_trains = False``: hrank, chip, id)
+    needs that stage: refused here, before pretraining, rather than at selection after it."""
+    from .. import methods
+
+    name = (cfg.method or {}).get("name")
+    if not name:
+        return
+    m = methods.get(name)
+    if m.learns and not m.learn_trains and st.stage_config(cfg, "learn") is None:
+        from ..config import find_config
+
+        try:
+            bundled = f" (as the bundled resnet20_{name} config does)" if find_config(f"resnet20_{name}") else ""
+        except ConfigError:
+            bundled = ""
+        raise ConfigError(f"method {name} reads training images in the learn stage (it trains nothing there), "
+                          f"which this config does not run; add --set stages.learn.enabled=true{bundled}")
+
+
 def preflight_pipeline(cfg: Config, dist_info) -> None:
     """Everything the stages will need, checked before a run directory exists: each stage's config,
     the weights the run starts from and a distillation teacher (loaded and matched against the model)."""
@@ -69,6 +89,7 @@ def preflight_pipeline(cfg: Config, dist_info) -> None:
 
     st.check_stages(cfg)
     check_budget_is_read(cfg)
+    check_data_reading_method_has_its_stage(cfg)
     preflight(cfg, dist_info)
     for name in st.STAGES:
         c = st.stage_config(cfg, name)
