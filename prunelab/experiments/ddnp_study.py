@@ -253,24 +253,22 @@ class DDNPStudy(Study):
                         "stages": {"finetune": _finetune(s, st["finetune"])}}))),
                 needs=("dense",), part=st["part"][0] if len(st["part"]) == 1 else ",".join(st["part"]),
                 label=f"DDNP {name} seed {seed}", summarize=search_record))
+        def at_half_macs(part, method, config, extra, seed, finetune, label):
+            """A method at 50 % MACs from the dense checkpoint with the given fine-tuning schedule."""
+            return SubRun(
+                f"{part}-{method}-s{seed}", "pipeline",
+                lambda deps: load_config(config, scale, overrides=deep_merge(
+                    prog, deep_merge(deep_merge(init(deps), extra), {
+                        "model": {"name": s["model"]}, "train": {"seed": seed},
+                        "budget": {"metric": "macs", "keep": 0.5, "reduction": None},
+                        "stages": {"finetune": finetune}}))),
+                needs=("dense",), part=part, label=label)
+
         for method, config, extra, seed in _compare_runs(scale, parts):
-            subs.append(SubRun(
-                f"compare-{method}-s{seed}", "pipeline",
-                lambda deps, config=config, extra=extra, seed=seed: load_config(config, scale, overrides=deep_merge(
-                    prog, deep_merge(deep_merge(init(deps), extra), {
-                        "model": {"name": s["model"]}, "train": {"seed": seed},
-                        "budget": {"metric": "macs", "keep": 0.5, "reduction": None},
-                        "stages": {"finetune": _finetune(s, True)}}))),
-                needs=("dense",), part="compare", label=f"{method} seed {seed}"))
+            subs.append(at_half_macs("compare", method, config, extra, seed, _finetune(s, True), f"{method} seed {seed}"))
         for method, config, extra, seed in _rank_runs(scale, parts):
-            subs.append(SubRun(
-                f"rank-{method}-s{seed}", "pipeline",
-                lambda deps, config=config, extra=extra, seed=seed: load_config(config, scale, overrides=deep_merge(
-                    prog, deep_merge(deep_merge(init(deps), extra), {
-                        "model": {"name": s["model"]}, "train": {"seed": seed},
-                        "budget": {"metric": "macs", "keep": 0.5, "reduction": None},
-                        "stages": {"finetune": _rank_finetune(s)}}))),
-                needs=("dense",), part="rank", label=f"rank: {method} seed {seed}"))
+            subs.append(at_half_macs("rank", method, config, extra, seed, _rank_finetune(s),
+                                     f"rank: {method} seed {seed}"))
         return subs
 
     def aggregate(self, scale: str, parts: tuple, records: dict, out: Path) -> dict:

@@ -96,18 +96,59 @@ def scoring_batches(loader, batches: int):
         yield (batch[0] if isinstance(batch, (tuple, list)) else batch), False
 
 
-def normalized(raw: dict, how: str) -> dict:
+def normalized(raw: dict, how: str, eps: float = 1e-12) -> dict:
     """``{name: scores}`` with each layer divided by its mean (``mean``), its maximum (``max``) or as it is
-    (``none``); l1's convention (a layer of zeros stays zeros)."""
+    (``none``); l1's convention (a layer of zeros stays zeros; the divisor is at least ``eps``)."""
     out = {}
     for name, s in raw.items():
         s = np.asarray(s, dtype=np.float64)
         if how == "mean":
-            s = s / max(s.mean(), 1e-12)
+            s = s / max(s.mean(), eps)
         elif how == "max":
-            s = s / max(s.max(), 1e-12)
+            s = s / max(s.max(), eps)
         out[name] = s
     return out
+
+
+def feature_sums(net, tensors, loader, batches: int, stat, *, relu: bool = True, world_size: int = 1):
+    """``({tensor name: sum over images of stat(maps)}, images)`` over the first ``batches`` batches of
+    ``loader`` (:func:`scoring_batches`), ``net`` in eval mode without gradient. ``maps`` is each gated
+    tensor's module output (ReLU'd when ``relu``; a Linear's (B, C) output as (B, C, 1, 1) maps);
+    ``stat(maps)`` returns what one batch adds. Under DDP with sharded batches the sums and the image
+    count are added over the processes. Shared by ``hrank``, ``chip`` and ``id``."""
+    sums: dict = {}
+
+    def hook(name):
+        def record(module, inputs, out):
+            x = out.detach()
+            x = F.relu(x) if relu else x
+            if x.dim() == 2:  # a Linear's output: one 1 x 1 map per channel
+                x = x[:, :, None, None]
+            s = stat(x)
+            sums[name] = sums[name] + s if name in sums else s
+        return record
+
+    handles = [net.get_submodule(t.module).register_forward_hook(hook(t.name)) for t in tensors]
+    was_training, seen, shards = net.training, 0, False
+    net.eval()
+    try:
+        with torch.no_grad():
+            for x, whole in scoring_batches(loader, batches):
+                net(x)
+                seen += len(x)
+                shards = shards or not whole
+    finally:
+        for h in handles:
+            h.remove()
+        net.train(was_training)
+    distributed = world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
+    if shards and sums and distributed:  # each process saw its own shard: add them up
+        counted = torch.tensor(float(seen), dtype=torch.float64, device=next(iter(sums.values())).device)
+        for name in sorted(sums):
+            torch.distributed.all_reduce(sums[name])
+        torch.distributed.all_reduce(counted)
+        seen = int(counted.item())
+    return sums, seen
 
 
 class FeatureMapScoring(Method):
@@ -144,39 +185,10 @@ class FeatureMapScoring(Method):
             spec = self.spec if self.spec is not None else (
                 model.spec if isinstance(model, GatedModel) else describe(net))
         tensors = self.tensors(spec)
-        sums: dict = {}
         relu = self.options.activation == "relu"
-
-        def hook(name):
-            def record(module, inputs, out):
-                x = out.detach()
-                x = F.relu(x) if relu else x
-                if x.dim() == 2:  # a Linear's output: one 1 x 1 map per channel
-                    x = x[:, :, None, None]
-                s = self.channel_scores(x.float()).double().sum(0)
-                sums[name] = sums[name] + s if name in sums else s
-            return record
-
-        handles = [net.get_submodule(t.module).register_forward_hook(hook(t.name)) for t in tensors]
-        was_training, seen, shards = net.training, 0, False
-        net.eval()
-        try:
-            with torch.no_grad():
-                for x, whole in scoring_batches(loader, self.options.batches):
-                    net(x)
-                    seen += len(x)
-                    shards = shards or not whole
-        finally:
-            for h in handles:
-                h.remove()
-            net.train(was_training)
-        distributed = world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
-        if shards and sums and distributed:  # each process scored its own shard: add them up
-            counted = torch.tensor(float(seen), dtype=torch.float64, device=next(iter(sums.values())).device)
-            for name in sorted(sums):
-                torch.distributed.all_reduce(sums[name])
-            torch.distributed.all_reduce(counted)
-            seen = int(counted.item())
+        sums, seen = feature_sums(net, tensors, loader, self.options.batches,
+                                  lambda x: self.channel_scores(x.float()).double().sum(0),
+                                  relu=relu, world_size=world_size)
         if not seen:
             raise ConfigError(f"method {self.name} found no training images to score (the loader gave no batch)")
         self.raw = {t.name: (sums[t.name] / seen).cpu().numpy() for t in tensors}

@@ -32,12 +32,11 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg
 import torch
-import torch.nn.functional as F
 
 from ..errors import ConfigError
 from . import register
 from .base import _kwargs
-from .hrank import scoring_batches
+from .hrank import feature_sums, normalized
 from .options import dataclass
 from .vq import NextLayerReconstruction, ReconstructionOptions
 
@@ -95,46 +94,16 @@ class InterpolativeDecomposition(NextLayerReconstruction):
             spec = self.spec if self.spec is not None else (
                 model.spec if isinstance(model, GatedModel) else describe(net))
         tensors = self.tensors(spec)
-        sums: dict = {}
-        rows = {"n": 0}
 
-        def hook(name):
-            def record(module, inputs, out):
-                x = F.relu(out.detach())
-                if x.dim() == 2:
-                    x = x[:, :, None, None]
-                a = x.double().transpose(0, 1).reshape(x.shape[1], -1)
-                g = a @ a.T
-                sums[name] = sums[name] + g if name in sums else g
-                if name == tensors[0].name:
-                    rows["n"] += a.shape[1]
-            return record
+        def gram(x):
+            a = x.double().transpose(0, 1).reshape(x.shape[1], -1)  # C x (B H W)
+            return a @ a.T
 
-        handles = [net.get_submodule(t.module).register_forward_hook(hook(t.name)) for t in tensors]
-        was_training, seen, shards = net.training, 0, False
-        net.eval()
-        try:
-            with torch.no_grad():
-                for x, whole in scoring_batches(loader, self.options.batches):
-                    net(x)
-                    seen += len(x)
-                    shards = shards or not whole
-        finally:
-            for h in handles:
-                h.remove()
-            net.train(was_training)
-        distributed = world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
-        if shards and sums and distributed:
-            counted = torch.tensor([float(seen), float(rows["n"])], dtype=torch.float64,
-                                   device=next(iter(sums.values())).device)
-            for name in sorted(sums):
-                torch.distributed.all_reduce(sums[name])
-            torch.distributed.all_reduce(counted)
-            seen, rows["n"] = int(counted[0].item()), int(counted[1].item())
+        sums, seen = feature_sums(net, tensors, loader, self.options.batches, gram, relu=True, world_size=world_size)
         if not seen:
             raise ConfigError(f"method {self.name} found no training images (the loader gave no batch)")
         self.grams = {t.name: sums[t.name].cpu().numpy() for t in tensors}
-        self.images, self.samples = seen, rows["n"]
+        self.images, self.samples = seen, seen * spec.tensor(tensors[0].name).area  # pixels of the first tensor
         return self.grams
 
     def setup(self, trainer):
@@ -171,13 +140,8 @@ class InterpolativeDecomposition(NextLayerReconstruction):
             piv, r = pivoted_qr(self._gram(spec, t.name))
             s = np.empty(t.channels)
             s[piv] = r
-            how = self.options.normalize
-            if how == "mean":
-                s = s / max(s.mean(), 1e-300)
-            elif how == "max":
-                s = s / max(s.max(), 1e-300)
             out[t.name] = s
-        return out
+        return normalized(out, self.options.normalize, eps=1e-300)
 
     def build(self, model, spec, widths):
         from ..pruning.structure import Structure

@@ -51,6 +51,7 @@ from ..pruning.gates import GatedModel
 from ..pruning.result import SelectReport
 from . import register
 from .base import Method, _kwargs
+from .hrank import normalized
 from .options import Literal, MethodOptions, dataclass
 
 
@@ -266,14 +267,8 @@ class VectorQuantization(NextLayerReconstruction):
             f = folded_filters(net, spec, t.name)
             d = _sqdist(f, f)
             np.fill_diagonal(d, np.inf)
-            s = np.sqrt(d.min(1)) if len(f) > 1 else np.ones(1)
-            how = self.options.normalize
-            if how == "mean":
-                s = s / max(s.mean(), 1e-12)
-            elif how == "max":
-                s = s / max(s.max(), 1e-12)
-            out[t.name] = s
-        return out
+            out[t.name] = np.sqrt(d.min(1)) if len(f) > 1 else np.ones(1)
+        return normalized(out, self.options.normalize)
 
     def build(self, model, spec, widths):
         from ..pruning.structure import Structure
