@@ -63,7 +63,7 @@ def test_the_cpu_plan_lists_the_subruns_of_the_committed_results(tmp_path):
     rows = committed["runs"] + committed["baselines"] + committed["sensitivity"]
     names = [s.name for s in R.Runner("bar", "cpu", tmp_path / "runs", results=tmp_path / "none.json").subs]
     # sub-runs added to the plan after these results were made (not yet run) are named here
-    added = {"wm-kd"}
+    added = {"wm-kd", "vq-kd", "id-kd"} | {f"bar-f{ff}" for ff in B.FLOP_FACTORS}
     assert set(names) - added == {"teacher"} | {r["subrun"] for r in rows}
 
 
@@ -72,6 +72,18 @@ def test_parts_choose_the_subruns_and_the_teacher_is_always_planned(tmp_path):
     assert names == ["teacher", "random-kd", "random"]
     names = [s.name for s in B.BARStudy().subruns("ci", ("teacher", "bar"))]
     assert names == ["teacher", "bar-v4", "bar-v8", "bar-v2", "bar-v16"]
+    names = [s.name for s in B.BARStudy().subruns("cpu", ("flops",))]
+    assert names == ["teacher"] + [f"bar-f{ff}" for ff in B.FLOP_FACTORS]
+
+
+def test_the_f_trained_runs_differ_from_the_volume_runs_only_in_their_budget(tmp_path):
+    deps = R.Deps(tmp_path, {})
+    v, f = B.bar_config("cpu", deps, 16), B.bar_config("cpu", deps, 16, metric="flops")
+    assert (v.budget["metric"], f.budget["metric"]) == ("volume", "flops")
+    dv, df = v.to_dict(), f.to_dict()
+    dv.pop("budget"), df.pop("budget")
+    assert dv == df
+    assert R.fingerprint(v, ["t"]) != R.fingerprint(f, ["t"])
 
 
 def test_fingerprints_ignore_paths_and_tell_the_baselines_apart(tmp_path):
@@ -122,8 +134,12 @@ def test_l1_scores_are_the_filter_norms_computed_as_before():
 
 
 def test_shrink_rules_are_registered_by_name():
-    assert SHRINK_RULES == {"random": shrink_random, "wm": shrink_wm}
+    from prunelab.workflows.iterative import ShrinkID, ShrinkVQ
+
+    assert SHRINK_RULES == {"random": shrink_random, "wm": shrink_wm, "vq": ShrinkVQ, "id": ShrinkID}
     assert shrink_rule("wm") is shrink_wm and all(f.__doc__ for f in SHRINK_RULES.values())
+    # a rule class gives a fresh rule each time (it keeps what its last call chose)
+    assert isinstance(shrink_rule("vq"), ShrinkVQ) and shrink_rule("vq") is not shrink_rule("vq")
     with pytest.raises(KeyError, match="unknown shrink rule"):
         shrink_rule("magnitude")
 

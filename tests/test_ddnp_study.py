@@ -92,6 +92,9 @@ def test_the_rank_part_runs_every_method_from_the_dense_checkpoint_and_aggregate
     eb = equal_budget(res, models.describe(models.create("resnet20")))
     assert {r["method"] for r in eb["table"]} == {m for m, _, _ in RANK} and eb["seeds"] == [0]
     assert len(eb["gap_curve_mean"]) == SCALES["ci"]["rank_finetune_epochs"]
+    # every run records the weights it started from: the dense checkpoint's, one fingerprint for all
+    assert res["dense"]["weights_sha256"] and eb["checkpoints"] == [res["dense"]["weights_sha256"]]
+    assert eb["runs_without_checkpoint_fingerprint"] == 0
 
 
 def test_equal_budget_pairs_seeds_and_the_claim_can_fail():
@@ -121,3 +124,25 @@ def test_equal_budget_pairs_seeds_and_the_claim_can_fail():
         study["rank"][f"l1/s{s}"]["finetune_curve"] = [v + 0.03 for v in study["rank"][f"l1/s{s}"]["finetune_curve"]]
     c = next(c for c in claims(study, spec) if c.get("id") == "ddnp_vs_l1_equal_budget")
     assert not c["holds"], c
+
+
+def test_the_equal_budget_claim_fails_across_two_checkpoints():
+    """Runs that started from two different trainings of the checkpoint (two weights fingerprints, e.g.
+    sessions that each trained it again) do not make a same-checkpoint comparison, however large the gap."""
+    from prunelab import models
+    from prunelab.analysis.ddnp import equal_budget_claim
+    from prunelab.counting import count
+
+    spec = models.describe(models.create("resnet20"))
+    dense = float(count(spec).macs)
+    study = {"rank": {}}
+    for s in range(3):
+        for m, acc, sha in (("ddnp", 0.87 + 0.001 * s, "a" * 64), ("l1", 0.85, "a" * 64 if s < 2 else "b" * 64)):
+            study["rank"][f"{m}/s{s}"] = {"method": m, "seed": s, "finetuned_test_acc": acc, "pruned_test_acc": 0.3,
+                                          "macs": 0.5 * dense, "widths": [8] * 9, "finetune_curve": [acc - 0.01, acc],
+                                          "init_weights_sha256": sha}
+    c = equal_budget_claim(study, spec)
+    assert c["checkpoints"] == 2 and not c["same_checkpoint"] and not c["holds"], c
+    study["rank"]["l1/s2"]["init_weights_sha256"] = "a" * 64
+    c = equal_budget_claim(study, spec)
+    assert c["same_checkpoint"] and c["holds"], c

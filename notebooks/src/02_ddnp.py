@@ -45,7 +45,7 @@ import pandas as pd
 
 from prunelab import methods, models
 from prunelab.analysis import ddnp as ad
-from prunelab.experiments import load_results, provenance_note, resolve_scale
+from prunelab.experiments import load_results, provenance_note, resolve_scale, results_with_part
 from prunelab.viz import ddnp as vd
 from prunelab.viz import save_figure, scale_label, use_style
 
@@ -266,7 +266,12 @@ pd.DataFrame([{"method": r["method"], "n": r["n"], "MMACs": round(r["macs"]["mea
 # The claim `ddnp_vs_l1_equal_budget` below also needs a paired t-test with p < 0.05.
 
 # %%
-eb = ad.equal_budget(S, spec)
+# the rank part may have been run on its own (--parts dense,rank) after the rest was committed: its results
+# then lie in the .partial.json beside the study's file, from the same settings and their own dense run
+R = results_with_part(S, "ddnp", SCALE, "rank")
+if R is not S:
+    print("the ranking comparison is read from its own results file:", provenance_note(R))
+eb = ad.equal_budget(R, spec)
 if not eb:
     print("the ranking comparison (the study's `rank` part) is not in these results yet; run it with "
           f"`prunelab experiment ddnp --scale {SCALE} --parts dense,rank` (then `--collect`)")
@@ -317,7 +322,8 @@ def _numbers(c: dict) -> str:
     return "; ".join(f"{k} = {fmt(v)}" for k, v in c.items() if k not in ("claim", "holds"))
 
 
-table = pd.DataFrame([{"claim": c["claim"], "holds": c["holds"], "numbers": _numbers(c)} for c in ad.claims(S, spec)])
+table = pd.DataFrame([{"claim": c["claim"], "holds": c["holds"], "numbers": _numbers(c)} for c in ad.claims(S, spec)
+                      + ([ad.equal_budget_claim(R, spec)] if R is not S and eb.get("seeds") else [])])
 with pd.option_context("display.max_colwidth", 400):
     display(table.style.set_properties(**{"text-align": "left", "white-space": "pre-wrap"}).hide(axis="index"))
 

@@ -62,7 +62,7 @@ PUB = published.load("bar_results")
 PUB10 = PUB[PUB.dataset == "CIFAR-10"]
 runs = pd.DataFrame([{k: r.get(k) for k in ("method", "pf", "v_factor", "f_factor", "accuracy_learned",
                                              "accuracy_before_finetune", "accuracy", "budget_met")}
-                     for r in R["runs"] + R["baselines"]])
+                     for r in R["runs"] + R["baselines"] + R.get("flop_runs", [])])
 runs
 
 # %% [markdown]
@@ -233,13 +233,16 @@ print(f"FLOP saving of mixed over regular by PF: published {list((-100 * pub10.f
 # ## §6 Accuracy vs V-factor and F-factor
 #
 # V-factor = V₀/V, F-factor = FLOP₀/FLOP (FLOP = 2 × MAC). BAR is trained against a volume budget
-# V₀/PF; random pruning removes 50 % of every gated tensor per step (trunk contributors share one mask),
-# so its F-factor is about V². Published CIFAR-10 curves (k = 12, 130 epochs) are drawn dashed.
+# V₀/PF; "BAR (F-trained)" is the same BAR against a FLOP budget FLOP₀/F (F = 4, 16, 64, 256; the study's
+# `flops` part, drawn once it has run); random and WM pruning remove 50 % of every gated tensor per step
+# (trunk contributors share one mask), so their F-factor is about V². Every published CIFAR-10 curve
+# (k = 12, 130 epochs; all nine systems of supplement §6.1) is drawn dashed with hollow markers.
 
 # %%
 res = runs.assign(method=runs.method.map(lambda m: f"{m} (ours)"))
-pub = PUB10[PUB10.method.isin(["BAR", "Random", "WM", "LZR", "MorphNet"])]
-fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+pub = PUB10
+print("ours:", sorted(runs.method.unique()), "| published:", sorted(pub.method.unique()))
+fig, axes = plt.subplots(1, 2, figsize=(14, 5.5))
 vbar.plot_accuracy_vs_factor(res, x="v_factor", published=pub, ax=axes[0], scale=SCALE)
 vbar.plot_accuracy_vs_factor(res, x="f_factor", published=pub, ax=axes[1], scale=SCALE)
 save_figure(fig, "accuracy_vs_factors", "04_bar")

@@ -48,7 +48,9 @@ def _tag(rows: list[dict], study: str) -> None:
 def points(results: dict, spec_of) -> list[dict]:
     """One point per method setting (mean over its seeds or runs) from the cached results.
 
-    ``results``: ``{study name: results dict}`` (any subset of quickstart, pfs, manidp, ddnp, bar);
+    ``results``: ``{study name: results dict}`` (any subset of quickstart, pfs, manidp, ddnp, bar; and
+    ``ddnp_rank``: the DDNP study's ``rank`` part where it lies in a results file of its own,
+    :func:`prunelab.experiments.results_with_part`);
     ``spec_of(model, kwargs)``: the spec of a model. Each point: method, setting, model, scale, n,
     accuracy (fraction, mean) and its std, dense accuracy, drop (dense - pruned, points of a fraction),
     MACs, MACs keep ratio, and for BAR's WRN the V-factor; ``stage`` says where the accuracy was measured,
@@ -112,12 +114,32 @@ def points(results: dict, spec_of) -> list[dict]:
                          "stage": "fine-tuned (short)", "seed": run["seed"],
                          **_cost(spec, dict(zip(d["layers"], run["widths"])))})
     _tag(rows, "ddnp")
+    # the equal-budget ranking (DDNP, l1, slimming, PFS, HRank, CHIP at 50 % MACs, one longer fine-tune)
+    dr = results.get("ddnp_rank") or d
+    if dr and dr.get("rank"):
+        from .ddnp import RANK_LABELS
+
+        spec = spec_of(dr["model"], {})
+        epochs = (dr.get("scale_settings") or {}).get("rank_finetune_epochs")
+        for run in dr["rank"].values():
+            rows.append({"method": RANK_LABELS.get(run["method"], run["method"]),
+                         "setting": f"50 % MACs, {epochs or 'the config'}-epoch fine-tune (rank)",
+                         "model": dr["model"], "scale": dr["scale"], "accuracy": run["finetuned_test_acc"],
+                         "dense": run["dense_test_acc"], "stage": f"fine-tuned {epochs or ''} epochs".replace("  ", " "),
+                         "seed": run["seed"], **_cost(spec, dict(zip(dr["layers"], run["widths"])))})
+    _tag(rows, "ddnp")
     b = results.get("bar")
     if b:
         for run in b["runs"]:
             s = run["structure"]
             spec = spec_of(s["model"], s.get("model_kwargs", {}))
             rows.append({"method": "BAR", "setting": f"PF {run['pf']}", "model": f"{s['model']} k=1",
+                         "scale": b["scale"], "accuracy": run["accuracy"], "dense": b["teacher"]["accuracy"],
+                         "stage": "fine-tuned (short)", **_cost(spec, {n: len(a) for n, a in s["alive"].items()})})
+        for run in b.get("flop_runs", []):  # BAR (F-trained): budget on FLOPs
+            s = run["structure"]
+            spec = spec_of(s["model"], s.get("model_kwargs", {}))
+            rows.append({"method": "BAR (F-trained)", "setting": f"F-factor {run['pf']}", "model": f"{s['model']} k=1",
                          "scale": b["scale"], "accuracy": run["accuracy"], "dense": b["teacher"]["accuracy"],
                          "stage": "fine-tuned (short)", **_cost(spec, {n: len(a) for n, a in s["alive"].items()})})
         for run in b.get("baselines", []):

@@ -281,3 +281,32 @@ def load_results(name: str, scale: str, *, out=None, run_if_missing: bool = True
         raise DataError(f"no cached {scale}-scale results at {path}; produce them with "
                         f"`prunelab experiment {name} --scale {scale}` (or run the notebook with PRUNELAB_SCALE=ci)")
     return json.loads(note_results_read(path).read_text())
+
+
+def holds_part(results: dict, part: str) -> bool:
+    """Whether ``results`` ran ``part`` and hold something for it (its entry, where the study keeps one
+    under the part's name, is not empty)."""
+    return part in (results.get("parts") or ()) and bool(results.get(part, True))
+
+
+def results_with_part(results: dict, name: str, scale: str, part: str) -> dict:
+    """``results`` if they hold ``part``; else the ``.partial.json`` sibling of the study's results file
+    when that holds it (a part run on its own with ``--parts``, e.g. after the rest was committed: a partial
+    write never replaces the complete file, :func:`write_results`); else ``results`` unchanged.
+
+    The sibling is read as a results file of its own (its provenance, its freshness fingerprint); its
+    sub-runs share the rest's settings fingerprints but not necessarily the same run of their dense
+    checkpoint, so a comparison is drawn within one file, never across the two."""
+    import json
+
+    if holds_part(results, part):
+        return results
+    partial = results_path(name, scale)
+    partial = partial.with_name(partial.stem + ".partial.json")
+    if not partial.exists():
+        return results
+    other = json.loads(partial.read_text())
+    if other.get("scale") != scale or not holds_part(other, part):
+        return results
+    note_results_read(partial)
+    return other

@@ -21,16 +21,19 @@ Scales (say what was run; docs/decisions.md §4.8, §6.4):
 The iterative baselines (supplement §3.2) start from the trained teacher and remove 50 % of every
 gated tensor per step (the contributors of each residual trunk share one mask, L6), retraining after
 each step with BAR's fine-tuning optimiser, which gives V-factors 2, 4, 8, 16 and F ~ V^2. They run
-distilled from the teacher like BAR (the comparison) and without distillation (a second row). Their
-shrink rules are the named functions of :data:`prunelab.workflows.iterative.SHRINK_RULES` (``random``,
-``wm``: the L1 score of :mod:`prunelab.methods.l1`).
+distilled from the teacher like BAR (the comparison) and, for Random, without distillation (a second row).
+Their shrink rules are the named entries of :data:`prunelab.workflows.iterative.SHRINK_RULES` (``random``;
+``wm``: the L1 score of :mod:`prunelab.methods.l1`; ``vq`` and ``id``: the block middles chosen and the
+next layer rewritten as :mod:`prunelab.methods.vq` and :mod:`prunelab.methods.interp_decomp` do, the
+other tensors halved by WM's rule, docs/decisions.md L29).
 
 The study is a plan for the study runner (:mod:`.runner`): ``teacher`` (dense training); ``bar-v<PF>``
 (pipelines warm-started from and distilled from ``teacher/model.pt``; PF 4 and 8, the factors the claims
 compare with the baselines, come first, so an interrupted cpu study has the comparison before the
 rest of the sweep); the baseline chains ``random-kd``, ``random`` (and at paper scale ``wm-kd``,
 ``wm``), each one ``iterative`` sub-run of four steps (``<chain>/step<k>``); the remaining ``bar-v<PF>``;
-the sensitivity draws ``sensitivity-v<PF>-<i>``. A session can end on a fresh machine with ``runs/``
+"BAR (F-trained)" ``bar-f<F>`` (part ``flops``: the same BAR with its budget on FLOPs, F-factors 4, 16, 64,
+256; rows under ``flop_runs``); the sensitivity draws ``sensitivity-v<PF>-<i>``. A session can end on a fresh machine with ``runs/``
 gone; only the results file is committed: the runner takes every sub-run it no longer has from the
 committed results when its fingerprint (config, method code, options and the teacher's fingerprint)
 matches, and the results are aggregated from the sub-runs' records alone. The results also keep the
@@ -55,18 +58,25 @@ from ..pruning.structure import Structure
 from .runner import Deps, Runner, Study, SubRun, default_record, register_study
 
 PRUNING_FACTORS = (2, 4, 8, 16)
+# "BAR (F-trained)" (supplement §6.1, Figs. 6 and 8): BAR with its budget on FLOPs instead of activation volume,
+# at these FLOP factors (the iterative baselines' F ~ V^2 of V factors 2..16)
+FLOP_FACTORS = (4, 16, 64, 256)
 # baselines: (shrink rule, distilled from the teacher like BAR); the undistilled rows are kept as a
 # second reading of the comparison (supplement §3.2 does not say whether its baselines distil)
 SETTINGS = {
-    "ci": {"sensitivity_runs": 1, "sensitivity_factors": (2,), "baseline_epochs": 1,
+    "ci": {"sensitivity_runs": 1, "sensitivity_factors": (2,), "baseline_epochs": 1, "flop_factors": (4,),
            "baselines": (("random", True), ("random", False)), "warm_start": True},
-    "cpu": {"sensitivity_runs": 3, "sensitivity_factors": (4, 8), "baseline_epochs": 3,
-            # WM (the l1 criterion, its own row; issue 30) distilled like BAR; added after the committed results
-            "baselines": (("random", True), ("random", False), ("wm", True)), "warm_start": True},
+    "cpu": {"sensitivity_runs": 3, "sensitivity_factors": (4, 8), "baseline_epochs": 3, "flop_factors": FLOP_FACTORS,
+            # WM (the l1 criterion, its own row), VQ and ID (next-layer reconstruction, L29), distilled like BAR
+            # (issue 30); added after the committed results
+            "baselines": (("random", True), ("random", False), ("wm", True), ("vq", True), ("id", True)),
+            "warm_start": True},
     "paper": {"sensitivity_runs": 10, "sensitivity_factors": PRUNING_FACTORS, "baseline_epochs": 50,
-              "baselines": (("random", True), ("random", False), ("wm", True), ("wm", False)), "warm_start": False},
+              "flop_factors": FLOP_FACTORS,
+              "baselines": (("random", True), ("random", False), ("wm", True), ("wm", False), ("vq", True), ("id", True)),
+              "warm_start": False},
 }
-PARTS = ("teacher", "bar", "baselines", "sensitivity")
+PARTS = ("teacher", "bar", "baselines", "flops", "sensitivity")
 # the factors the claims compare against the baselines: planned before the baselines
 FIRST_FACTORS = (4, 8)
 # the configs' progress bars (not part of any fingerprint): off, the runner's tasks run quietly
@@ -116,13 +126,16 @@ def config_fingerprint(cfg, **extra) -> str:
     return hashlib.sha256(json.dumps({**d, **extra}, sort_keys=True, default=str).encode()).hexdigest()
 
 
+BASELINE_NAMES = {"random": "Random", "wm": "WM", "vq": "VQ", "id": "ID"}  # the supplement's row names
+
+
 def baseline_label(kind: str, kd: bool) -> str:
-    """Row label of an iterative baseline: "Random" / "WM", with or without distillation."""
-    return ("Random" if kind == "random" else "WM") + (" + KD" if kd else " (no KD)")
+    """Row label of an iterative baseline: "Random" / "WM" / "VQ" / "ID", with or without distillation."""
+    return BASELINE_NAMES[kind] + (" + KD" if kd else " (no KD)")
 
 
 def baseline_subrun(kind: str, kd: bool) -> str:
-    """Sub-run folder of an iterative baseline chain: ``random-kd``, ``random``, ``wm-kd``, ``wm``."""
+    """Sub-run folder of an iterative baseline chain: ``random-kd``, ``random``, ``wm-kd``, ``vq-kd``, ..."""
     return kind + ("-kd" if kd else "")
 
 
@@ -142,10 +155,12 @@ def _warm(scale: str, deps: Deps) -> dict:
     return {"stages": {"pretrain": {"init_from": str(_teacher_weights(deps))}}} if SETTINGS[scale]["warm_start"] else {}
 
 
-def bar_config(scale: str, deps: Deps, pf: int, extra: dict | None = None):
-    """BAR at pruning factor ``pf``, distilled from (and, where the scale says so, warm-started from) the
-    teacher; ``extra``: further overrides (a sensitivity draw)."""
-    over = deep_merge(PROGRESS, {"budget": {"factor": pf}, "method": {"teacher": str(_teacher_weights(deps))}})
+def bar_config(scale: str, deps: Deps, pf: int, extra: dict | None = None, metric: str = "volume"):
+    """BAR at pruning factor ``pf`` of ``metric`` (``volume``, the tuned runs; ``flops``, "BAR (F-trained)"),
+    distilled from (and, where the scale says so, warm-started from) the teacher; ``extra``: further
+    overrides (a sensitivity draw). The F-trained runs share every other setting with the volume runs."""
+    over = deep_merge(PROGRESS, {"budget": {"metric": metric, "factor": pf},
+                                 "method": {"teacher": str(_teacher_weights(deps))}})
     return load_config("bar_wrn_bar", scale, overrides=deep_merge(deep_merge(over, _warm(scale, deps)), extra or {}))
 
 
@@ -308,6 +323,11 @@ class BARStudy(Study):
                                    needs=("teacher",), part="baselines", label=f"{baseline_label(kind, kd)} baseline",
                                    summarize=baseline_record))
         subs += [bar(pf) for pf in rest]
+        if "flops" in parts:
+            for ff in SETTINGS[scale]["flop_factors"]:
+                subs.append(SubRun(f"bar-f{ff}", "pipeline", lambda deps, ff=ff: bar_config(scale, deps, ff, metric="flops"),
+                                   needs=("teacher",), part="flops", label=f"BAR (F-trained) F-factor {ff}",
+                                   summarize=pipeline_record))
         if "sensitivity" in parts:
             for pf, i, _, over in sensitivity_draws(scale):
                 subs.append(SubRun(f"sensitivity-v{pf}-{i}", "pipeline",
@@ -326,7 +346,7 @@ class BARStudy(Study):
         tcfg = teacher_config(scale)
         spec = models.describe(models.create(tcfg.model.name, **tcfg.model.kwargs))
         dense = count(spec)
-        bar_runs, baselines, sensitivity = [], [], []
+        bar_runs, baselines, sensitivity, flop_runs = [], [], [], []
         if "baselines" in parts:
             for kind, kd in SETTINGS[scale]["baselines"]:
                 rec = records.get(baseline_subrun(kind, kd))
@@ -341,6 +361,14 @@ class BARStudy(Study):
                     bar_runs.append(bar_row(rec, spec, {
                         "method": "BAR", "subrun": f"bar-v{pf}", "config_sha256": config_fingerprint(cfg), "pf": pf,
                         "budget": "volume", "hyperparameters": cfg.method}))
+        if "flops" in parts:
+            for ff in SETTINGS[scale]["flop_factors"]:
+                rec = records.get(f"bar-f{ff}")
+                if rec is not None:
+                    cfg = bar_config(scale, deps, ff, metric="flops")
+                    flop_runs.append(bar_row(rec, spec, {
+                        "method": "BAR (F-trained)", "subrun": f"bar-f{ff}", "config_sha256": config_fingerprint(cfg),
+                        "pf": ff, "budget": "flops", "hyperparameters": cfg.method}))
         if "sensitivity" in parts:
             for pf, i, hp, over in sensitivity_draws(scale):
                 name = f"sensitivity-v{pf}-{i}"
@@ -364,7 +392,7 @@ class BARStudy(Study):
                         "weights_sha256": teacher["weights_sha256"], "metrics": teacher["metrics"]},
             "reused_subruns": [],
             "full_active_neurons": active_neurons(spec).to_dict("records"),
-            "runs": bar_runs, "baselines": baselines, "sensitivity": sensitivity,
+            "runs": bar_runs, "baselines": baselines, "sensitivity": sensitivity, "flop_runs": flop_runs,
             "data_source": res.get("data_source"), "wall_time_s": None,
             "parts": list(parts), "complete": False, "missing": [],
         }
@@ -381,5 +409,5 @@ def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, result
 
 __all__ = ["run", "BARStudy", "PARTS", "PRUNING_FACTORS", "SETTINGS", "SENSITIVITY", "SENSITIVITY_WIDTHS",
            "sample_hyperparameters", "config_fingerprint", "baseline_label", "baseline_subrun", "bar_config",
-           "baseline_config", "baseline_options", "sensitivity_draws", "teacher_record", "pipeline_record",
+           "baseline_config", "baseline_options", "sensitivity_draws", "FLOP_FACTORS", "teacher_record", "pipeline_record",
            "baseline_record", "bar_row", "baseline_rows"]

@@ -135,7 +135,10 @@ def _rank_runs(scale: str, parts: tuple) -> list[tuple]:
     """``(method, config, extra overrides, seed)`` of the ranking comparison (none without ``rank``)."""
     if "rank" not in parts:
         return []
-    return [(m, c, e, seed) for seed in SCALES[scale]["rank_seeds"] for m, c, e in RANK]
+    # the claim's pair (DDNP, l1) runs over every seed first, then slimming and PFS, then hrank and chip
+    # (context rows): a study cut short across sessions has the claim's n first
+    groups = (RANK[:2], RANK[2:4], RANK[4:])
+    return [(m, c, e, seed) for group in groups for seed in SCALES[scale]["rank_seeds"] for m, c, e in group]
 
 
 def _rank_finetune(s: dict) -> dict:
@@ -218,7 +221,18 @@ def compare_row(rec: dict, method: str, seed: int, spec, layers: list[str]) -> d
     return {"method": method, "seed": seed, "dense_test_acc": res["dense_test_acc"],
             "pruned_test_acc": res["pruned_test_acc_before_finetune"], "finetuned_test_acc": res["final_test_acc"],
             "widths": [widths[n] for n in layers], "macs": float(count(spec, widths=widths).macs),
-            "R_hard": block_ops_ratio(spec, widths), "rule": res["budget_report"].get("rule")}
+            "R_hard": block_ops_ratio(spec, widths), "rule": res["budget_report"].get("rule"),
+            # the weights it started from (None: a run from before this was recorded)
+            "init_weights_sha256": res.get("init_weights_sha256")}
+
+
+def dense_record(run_dir: Path) -> dict:
+    """:func:`~.runner.default_record` of the dense checkpoint with its weights fingerprint
+    (``weights_sha256``): every run that starts from it records the same fingerprint, so a comparison
+    across sessions (where the checkpoint was trained again) can be checked to share the very weights."""
+    from ..train.trainer import weights_fingerprint
+
+    return {**default_record(run_dir), "weights_sha256": weights_fingerprint(Path(run_dir) / "model.pt")}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -239,7 +253,7 @@ class DDNPStudy(Study):
         if s["dense_epochs"]:
             dense_over["train"] = {"epochs": s["dense_epochs"]}
         subs = [SubRun("dense", "train", lambda deps: load_config(s["model"], scale, overrides=deep_merge(prog, dense_over)),
-                       part="dense", label="dense checkpoint")]
+                       part="dense", label="dense checkpoint", summarize=dense_record)]
 
         def init(deps) -> dict:
             return {"stages": {"pretrain": {"init_from": str(deps.dir("dense") / "model.pt")}}}
@@ -284,7 +298,8 @@ class DDNPStudy(Study):
         dense = records.get("dense")
         if dense is not None:
             study["dense"] = {"test_acc": dense["result"]["final"]["test_acc"], "epochs": dense["result"]["epochs"],
-                              "checkpoint": str(Path(out) / "dense" / "model.pt")}
+                              "checkpoint": str(Path(out) / "dense" / "model.pt"),
+                              "weights_sha256": dense.get("weights_sha256")}
         # finished searches and comparisons are aggregated even when the dense record is damaged or gone
         # (they finished from its checkpoint earlier): one bad sub-run never hides the others
         for name, seed, st in _search_runs(scale, parts):

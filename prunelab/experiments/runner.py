@@ -54,8 +54,10 @@ NEUTRAL_KEYS = (("train", "progress"), ("train", "device"), ("train", "threads")
                 ("model", "imports"))  # absolute paths of --import files: where, not what
 # options of a sub-run that name its inputs' files (the needs' fingerprints stand for them)
 NEUTRAL_OPTIONS = ("init_from", "teacher")
-# the code an iterative chain runs besides its config's method: the shrink rules and the L1 score
-ITERATIVE_CODE = ("prunelab/workflows/iterative.py", "prunelab/methods/l1.py")
+# the code an iterative chain runs besides its config's method: the shrink rules, the L1 score (WM, and the
+# trunks of VQ and ID) and what VQ's and ID's reconstructions call (k-means, pivoted QR, feature sums)
+ITERATIVE_CODE = ("prunelab/workflows/iterative.py", "prunelab/methods/l1.py", "prunelab/methods/vq.py",
+                  "prunelab/methods/interp_decomp.py", "prunelab/methods/hrank.py")
 KINDS = ("train", "pipeline", "iterative")
 ARRAYS = "arrays"  # the key under which a record carries its numpy arrays ({name: ndarray})
 

@@ -66,7 +66,7 @@ def single_consumers(spec, tensors, method: str) -> dict:
               and tuple(readers[0].reads) == (t.name,) and t.trunk is None)
         if not ok:
             who = ", ".join(f"{op.name} ({op.kind})" for op in readers) or "no op"
-            good = [s for s in spec.slots() if all(_single(spec, u) for u in spec.select((s,)))]
+            good = [s for s in spec.slots() if all(read_by_one_conv(spec, u) for u in spec.select((s,)))]
             fix = (f"set method.slots to some of {good}" if good else
                    f"no slot of {spec.model} has all its tensors read by one conv alone, so no method.slots "
                    f"fixes it; use a method without next-layer reconstruction (e.g. l1)")
@@ -77,7 +77,9 @@ def single_consumers(spec, tensors, method: str) -> dict:
     return out
 
 
-def _single(spec, t) -> bool:
+def read_by_one_conv(spec, t) -> bool:
+    """Whether tensor ``t`` is read by exactly one (non-depthwise) conv reading it alone, outside any residual
+    trunk: where the next layer can absorb a reconstruction exactly."""
     readers = [op for op in spec.ops if t.name in op.reads]
     return (len(readers) == 1 and readers[0].kind == "conv" and not readers[0].depthwise
             and tuple(readers[0].reads) == (t.name,) and t.trunk is None)

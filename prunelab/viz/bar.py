@@ -283,7 +283,7 @@ def plot_accuracy_vs_factor(results, x="v_factor", published=None, ax=None, *, s
     ax.set_xscale("log", base=2)
     ax.set_xlabel(FACTOR_LABELS[x])
     ax.set_ylabel("test accuracy (%)")
-    ax.legend(ncol=2)
+    ax.legend(ncol=2, fontsize=7 if len(ax.get_lines()) > 8 else None)
     name = "V-factor" if x == "v_factor" else "F-factor"
     return title_with_scale(ax, f"Test accuracy vs {name}", scale)
 

@@ -4,17 +4,21 @@ Each step is its own resumable run directory (``<out>/step<k>``) holding ``compa
 retrained weights), ``metrics.jsonl`` and ``result.json`` (test accuracy before and after retraining).
 The retrained compact network is expanded back to a dense one with zeros in the pruned channels
 (:func:`prunelab.pruning.compact.expand`), so the next step's ``shrink`` sees every channel.
-BAR's iterative random and weight-magnitude baselines (supplement §3.2) are built on it: their shrink
-rules are the named functions of :data:`SHRINK_RULES`, and :func:`run_iterative` runs one whole chain of
-steps as one sub-run of a study (the ``iterative`` task kind of :mod:`prunelab.experiments.tasks`).
+BAR's iterative baselines (supplement §3.2: Random, WM, VQ, ID) are built on it: their shrink rules are
+the named entries of :data:`SHRINK_RULES`, and :func:`run_iterative` runs one whole chain of steps as one
+sub-run of a study (the ``iterative`` task kind of :mod:`prunelab.experiments.tasks`). VQ and ID also
+rewrite the next layer before each compaction (:class:`ReconstructingShrink`; docs/decisions.md L29).
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 
 from .. import models
 from ..config import Config
@@ -59,18 +63,25 @@ def iterative_prune(cfg: Config, out, *, init_from, steps: int, shrink: Shrink, 
     structure = Structure.full(spec, model_kwargs=cfg.model.kwargs)
     rng = np.random.default_rng(seed)
     tl, ev = build_loaders(cfg.data, device, seed=cfg.train.seed)
+    scoring = None
+    if getattr(shrink, "needs_data", False):  # activations of training images, without augmentation (L26)
+        scoring, _ = build_loaders(dataclasses.replace(cfg.data, augment=False), device, seed=cfg.train.seed)
     names = list(stage_names) if stage_names is not None else [f"{stage}{k}" for k in range(1, steps + 1)]
     rows = []
     for step in range(1, steps + 1):
         d = out / f"step{step}"
-        structure = shrink(structure, spec, dense, rng)
+        # a rule that draws from rng is called on finished steps too, so its draws do not depend on where a
+        # run was interrupted; a deterministic one is skipped there (its structure is read back below)
+        if not (is_done(d) and getattr(shrink, "rng_free", False)):
+            structure = shrink(structure, spec, dense, rng, **({"data": scoring} if scoring is not None else {}))
         if not is_done(d) and collect:
             break
         if is_done(d):
             pruned = load_compact(d / "compact")
             structure = Structure.load(d / "compact" / "plan.json")
         else:
-            pruned = compact(dense, structure)
+            source = shrink.reconstructed(dense, spec, structure) if hasattr(shrink, "reconstructed") else dense
+            pruned = compact(source, structure)
             before = evaluate(pruned.to(device), ev["test"])["acc"]
             with RunDir(d, resume=True) as run:
                 Trainer(pruned, tl, ev, train_cfg=cfg.train, optim_cfg=cfg.optim, schedule_cfg=cfg.schedule, run=run,
@@ -131,16 +142,128 @@ def shrink_wm(structure: Structure, spec, dense, rng: np.random.Generator) -> St
     return halve(structure, spec, l1_scores(dense, spec), rng)
 
 
-SHRINK_RULES: dict[str, Shrink] = {"random": shrink_random, "wm": shrink_wm}
+shrink_wm.rng_free = True
+
+
+class ReconstructingShrink:
+    """A shrink rule that also rewrites the next layer (BAR's VQ and ID baselines under its iterative scheme,
+    supplement §3.2; docs/decisions.md L29).
+
+    Each call halves every gated tensor as :func:`halve` does. A tensor that one conv alone reads (outside
+    any residual trunk: :func:`~prunelab.methods.vq.read_by_one_conv`, the block middles) is halved by the
+    method's own choice among its alive channels (:meth:`choose`), and :meth:`reconstructed` then gives a
+    copy of the network whose reading conv absorbs the reconstruction of every alive channel from the
+    kept ones, before :func:`~prunelab.pruning.compact.compact` removes the others. A tensor read by
+    several ops or added into a trunk cannot be reconstructed by one next layer; it is halved by WM's
+    rule (the L1 criterion, trunk contributors ranked by their summed norms and sharing one mask, L6)."""
+
+    rng_free = True  # deterministic given the network (and, for ID, the first training batches)
+    needs_data = False
+
+    def __init__(self):
+        self._merges: dict = {}
+
+    def choose(self, net, spec, name: str, alive: np.ndarray, n: int, data) -> tuple[np.ndarray, Callable]:
+        """``(kept channels, merge)`` for tensor ``name``: ``n`` of its ``alive`` channels, and ``merge(W)``
+        the reading conv's new weight (same shape; only the kept columns matter)."""
+        raise NotImplementedError
+
+    def prepare(self, net, spec, tensors: list, data) -> None:
+        """Computed once per step before :meth:`choose` (ID: the Gram matrices of the step's network)."""
+
+    def __call__(self, structure: Structure, spec, dense, rng: np.random.Generator, data=None) -> Structure:
+        from ..methods.l1 import l1_scores
+        from ..methods.vq import read_by_one_conv
+
+        halved = halve(structure, spec, l1_scores(dense, spec), rng)
+        alone = [t for t in spec.tensors if t.name in structure.alive and read_by_one_conv(spec, t)]
+        self.prepare(dense, spec, alone, data)
+        new, self._merges = {}, {}
+        for t in alone:
+            alive = np.asarray(structure.alive[t.name])
+            keep, merge = self.choose(dense, spec, t.name, alive, max(1, len(alive) // 2), data)
+            new[t.name] = np.sort(np.asarray(keep))
+            self._merges[t.name] = merge
+        return halved.with_alive(new)
+
+    def reconstructed(self, dense, spec, structure: Structure):
+        """A copy of ``dense`` whose convs reading the tensors chosen by the last call hold their merged
+        weights (``structure``: what that call returned)."""
+        out = copy.deepcopy(dense)
+        with torch.no_grad():
+            for name, merge in self._merges.items():
+                (op,) = [o for o in spec.ops if name in o.reads]
+                conv = out.get_submodule(op.name)
+                conv.weight.copy_(merge(conv.weight.detach().double()).to(conv.weight.dtype))
+        return out
+
+
+class ShrinkVQ(ReconstructingShrink):
+    """VQ under the iterative scheme (:mod:`prunelab.methods.vq`): k-means (seed 0) of the alive channels'
+    BN-folded filters into half as many clusters, one representative per cluster kept, the reading conv's
+    input weights of each cluster summed onto its representative."""
+
+    def choose(self, net, spec, name, alive, n, data):
+        from ..methods.vq import folded_filters, kmeans, representatives
+
+        f = folded_filters(net, spec, name)[alive]
+        labels, centres = kmeans(f, n, 0)
+        rep_of = alive[representatives(f, labels, centres)]  # the representative of each alive channel
+
+        def merge(w):
+            new = w.clone()
+            new[:, alive] = 0
+            new.index_add_(1, torch.as_tensor(rep_of, dtype=torch.long), w[:, alive])
+            return new
+
+        return np.unique(rep_of), merge
+
+
+class ShrinkID(ReconstructingShrink):
+    """ID under the iterative scheme (:mod:`prunelab.methods.interp_decomp`): the Gram matrix of the alive
+    channels' activations (ReLU of the gated output, the first 5 training batches, no augmentation), its
+    column-pivoted QR's first half of pivots kept as the skeleton, the reading conv's kept input weights
+    absorbing the interpolation matrix."""
+
+    needs_data = True
+
+    def prepare(self, net, spec, tensors, data):
+        from ..methods import create
+
+        self._grams = {}
+        if tensors:
+            method = create("id", slots=sorted({t.slot for t in tensors}))
+            self._grams = method.collect(net, data, spec)
+
+    def choose(self, net, spec, name, alive, n, data):
+        from ..methods.interp_decomp import interpolation_matrix, pivoted_qr
+
+        gram = self._grams[name][np.ix_(alive, alive)]
+        piv, _ = pivoted_qr(gram)
+        local = piv[:n]
+        t = torch.from_numpy(interpolation_matrix(gram, local))  # n x |alive|
+
+        def merge(w):
+            new = w.clone()
+            new[:, alive] = 0
+            new[:, alive[local]] = torch.einsum("oc...,sc->os...", w[:, alive], t.to(w.dtype))
+            return new
+
+        return alive[local], merge
+
+
+# a function, or a class whose instances are rules (they keep what a call chose for :meth:`reconstructed`)
+SHRINK_RULES: dict[str, Shrink | type] = {"random": shrink_random, "wm": shrink_wm, "vq": ShrinkVQ, "id": ShrinkID}
 
 
 def shrink_rule(name: str) -> Shrink:
-    """The registered shrink rule ``name`` (:data:`SHRINK_RULES`)."""
+    """The registered shrink rule ``name`` (:data:`SHRINK_RULES`; a class is instantiated: a fresh rule)."""
     from ..errors import UnknownNameError
 
     if name not in SHRINK_RULES:
         raise UnknownNameError("shrink rule", name, SHRINK_RULES)
-    return SHRINK_RULES[name]
+    rule = SHRINK_RULES[name]
+    return rule() if isinstance(rule, type) else rule
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from ..pruning.structure import Structure
 from ..train.distributed import DistInfo
 from ..train.rundir import RunDir
 from ..train.run import build_loaders
-from ..train.trainer import Trainer, evaluate, load_weights, weights_payload
+from ..train.trainer import Trainer, evaluate, load_weights, weights_fingerprint, weights_payload
 from ..runfiles import read_record
 from ..utils import write_json
 
@@ -202,9 +202,14 @@ def pretrain(ctx: StageContext) -> nn.Module:
                 raise ConfigError(f"cannot resume {run.path}: its pretrain stage started from {recorded}, which no "
                                   f"longer exists; restore that checkpoint or start again with --force")
             load_weights(net, recorded)
+            if log.info("pretrain").get("init_weights_sha256"):
+                ctx.record["init_weights_sha256"] = log.info("pretrain")["init_weights_sha256"]
     elif init:
         load_weights(net, init)
-        log.mark("pretrain", init_from=str(init))
+        # which weights, not only which path: runs compared "from the same checkpoint" across sessions (where
+        # the checkpoint was trained again) can then be checked to be (or not) from the very same weights
+        ctx.record["init_weights_sha256"] = weights_fingerprint(init)
+        log.mark("pretrain", init_from=str(init), init_weights_sha256=ctx.record["init_weights_sha256"])
     elif stage_config(cfg, "pretrain") is not None:
         c = stage_config(cfg, "pretrain")
         ctx.trainer(net, c, "pretrain").fit(resume=run.resumed)
