@@ -36,6 +36,10 @@ def _net(seed=0):
 def test_the_plan_builds_every_config_and_option(tmp_path, scale):
     run = R.Runner("bar", scale, tmp_path / "runs", results=tmp_path / "none.json")
     states = run.configs()
+    # IB's probes after the first, and its final run, take their kl_weight from the probes before them
+    later = [st for st in states if st.sub.name.startswith("ib-") and not st.sub.name.endswith("probe0")]
+    assert all(st.config is None and "needs the record of ib-" in st.note and st.sub.epochs for st in later)
+    states = [st for st in states if st not in later]
     assert states and all(st.config is not None for st in states), [st.note for st in states if st.config is None]
     names = [st.sub.name for st in states]
     assert names[0] == "teacher" and len(set(names)) == len(names)
@@ -63,7 +67,9 @@ def test_the_cpu_plan_lists_the_subruns_of_the_committed_results(tmp_path):
     rows = committed["runs"] + committed["baselines"] + committed["sensitivity"]
     names = [s.name for s in R.Runner("bar", "cpu", tmp_path / "runs", results=tmp_path / "none.json").subs]
     # sub-runs added to the plan after these results were made (not yet run) are named here
-    added = {"wm-kd", "vq-kd", "id-kd"} | {f"bar-f{ff}" for ff in B.FLOP_FACTORS}
+    added = ({"wm-kd", "vq-kd", "id-kd"} | {f"bar-f{ff}" for ff in B.FLOP_FACTORS}
+             | {f"morphnet-v{pf}" for pf in B.PRUNING_FACTORS} | {f"ib-v{pf}" for pf in B.PRUNING_FACTORS}
+             | {f"ib-v{pf}-probe{i}" for pf in B.PRUNING_FACTORS for i in range(B.SETTINGS["cpu"]["ib_probes"])})
     assert set(names) - added == {"teacher"} | {r["subrun"] for r in rows}
 
 
@@ -74,6 +80,38 @@ def test_parts_choose_the_subruns_and_the_teacher_is_always_planned(tmp_path):
     assert names == ["teacher", "bar-v4", "bar-v8", "bar-v2", "bar-v16"]
     names = [s.name for s in B.BARStudy().subruns("cpu", ("flops",))]
     assert names == ["teacher"] + [f"bar-f{ff}" for ff in B.FLOP_FACTORS]
+    names = [s.name for s in B.BARStudy().subruns("ci", ("morphnet", "ib"))]
+    assert names == ["teacher", "morphnet-v4", "ib-v4-probe0", "ib-v4-probe1", "ib-v4"]
+
+
+def test_ib_bisection_brackets_then_halves_in_log_space():
+    assert B.next_kl_weight([], 4, 1e-4) == 1e-4
+    # every probe pruned too little: ten times the largest weight; too much: a tenth of the smallest
+    assert B.next_kl_weight([(1e-4, 2.0)], 4, 1e-4) == pytest.approx(1e-3)
+    assert B.next_kl_weight([(1e-4, 9.0), (1e-3, 20.0)], 4, 1e-4) == pytest.approx(1e-5)
+    # bracketed: the geometric mean of the tightest bracket
+    h = [(1e-4, 2.0), (1e-3, 10.0), (1e-2, 30.0)]
+    assert B.next_kl_weight(h, 4, 1e-4) == pytest.approx(np.sqrt(1e-4 * 1e-3))
+    h.append((np.sqrt(1e-7), 5.0))
+    assert B.next_kl_weight(h, 4, 1e-4) == pytest.approx(np.sqrt(1e-4 * np.sqrt(1e-7)))
+    # the row takes the probe nearest the factor in log scale
+    assert B.best_probe(h, 4) == pytest.approx(np.sqrt(1e-7))
+    assert B.best_probe([(1.0, 2.0), (2.0, 8.0)], 4) == 1.0  # a tie goes to the smaller weight
+
+
+def test_a_baseline_short_of_the_factor_does_not_count_in_the_claim():
+    from prunelab.analysis.bar import claims
+
+    spec = B.models.describe(B.models.create("bar_wrn", k=1, blocks_per_stage=1))
+    full = Structure.full(spec, model_kwargs={"k": 1, "blocks_per_stage": 1}).to_dict()
+    res = {"runs": [{"pf": 4, "accuracy": 0.8, "structure": full, "v_factor": 4.0}],
+           "baselines": [{"method": "IB", "pf": 4, "accuracy": 0.9, "v_factor": 2.0},
+                         {"method": "Random + KD", "pf": 4, "accuracy": 0.7, "v_factor": 4.0}]}
+    c = next(c for c in claims(res, spec) if c.get("id") == "bar_best_at_v4")
+    assert c["holds"] and c["short_of_the_factor"] == {"IB": 2.0} and c["baselines"] == {"Random + KD": 0.7}
+    res["baselines"][0]["v_factor"] = 3.9  # within 10 % of the factor: it counts, and beats BAR
+    c = next(c for c in claims(res, spec) if c.get("id") == "bar_best_at_v4")
+    assert not c["holds"]
 
 
 def test_the_f_trained_runs_differ_from_the_volume_runs_only_in_their_budget(tmp_path):

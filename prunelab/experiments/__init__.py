@@ -94,10 +94,11 @@ def open_study(name: str, scale: str, out, results, parts, valid: tuple, *, coll
 # what each study's numbers depend on: the configs it resolves and the files whose code makes them
 # (a change elsewhere, e.g. in the trainer, is not tracked here)
 RECIPES = {
-    "bar": {"configs": ["bar_wrn_teacher", "bar_wrn_bar"],
+    "bar": {"configs": ["bar_wrn_teacher", "bar_wrn_bar", "bar_wrn_ib", "bar_wrn_morphnet"],
             "files": ["prunelab/experiments/bar_study.py", "prunelab/methods/bar.py", "prunelab/methods/random.py",
                       "prunelab/workflows/iterative.py", "prunelab/methods/lzr.py", "prunelab/methods/l1.py",
-                      "prunelab/experiments/tasks.py"]},
+                      "prunelab/experiments/tasks.py", "prunelab/methods/ib.py", "prunelab/methods/morphnet.py",
+                      "prunelab/methods/vq.py", "prunelab/methods/interp_decomp.py", "prunelab/methods/hrank.py"]},
     "pfs": {"configs": ["resnet20", "resnet20_pfs"],
             "files": ["prunelab/experiments/pfs_study.py", "prunelab/methods/pfs.py"]},
     "quickstart": {"configs": ["resnet20", "resnet20_l1"],

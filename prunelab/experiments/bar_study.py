@@ -65,18 +65,23 @@ FLOP_FACTORS = (4, 16, 64, 256)
 # second reading of the comparison (supplement §3.2 does not say whether its baselines distil)
 SETTINGS = {
     "ci": {"sensitivity_runs": 1, "sensitivity_factors": (2,), "baseline_epochs": 1, "flop_factors": (4,),
+           "budgetless_factors": (4,), "ib_probes": 2,
            "baselines": (("random", True), ("random", False)), "warm_start": True},
     "cpu": {"sensitivity_runs": 3, "sensitivity_factors": (4, 8), "baseline_epochs": 3, "flop_factors": FLOP_FACTORS,
+            "budgetless_factors": PRUNING_FACTORS, "ib_probes": 4,
             # WM (the l1 criterion, its own row), VQ and ID (next-layer reconstruction, L29), distilled like BAR
             # (issue 30); added after the committed results
             "baselines": (("random", True), ("random", False), ("wm", True), ("vq", True), ("id", True)),
             "warm_start": True},
     "paper": {"sensitivity_runs": 10, "sensitivity_factors": PRUNING_FACTORS, "baseline_epochs": 50,
-              "flop_factors": FLOP_FACTORS,
+              "flop_factors": FLOP_FACTORS, "budgetless_factors": PRUNING_FACTORS, "ib_probes": 6,
               "baselines": (("random", True), ("random", False), ("wm", True), ("wm", False), ("vq", True), ("id", True)),
               "warm_start": False},
 }
-PARTS = ("teacher", "bar", "baselines", "flops", "sensitivity")
+PARTS = ("teacher", "bar", "baselines", "flops", "morphnet", "ib", "sensitivity")
+# IB's bisection over kl_weight (L30): each probe multiplies the weight by this factor while every probe so
+# far prunes too little (divides while every one prunes too much), then halves the bracket in log space
+IB_STEP = 10.0
 # the factors the claims compare against the baselines: planned before the baselines
 FIRST_FACTORS = (4, 8)
 # the configs' progress bars (not part of any fingerprint): off, the runner's tasks run quietly
@@ -187,6 +192,76 @@ def baseline_options(kind: str, kd: bool, deps: Deps) -> dict:
         opts.update({"teacher": str(_teacher_weights(deps)), "kd_temperature": o.kd_temperature,
                      "kd_alpha": o.kd_alpha})
     return opts
+
+
+def budgetless_config(method: str, scale: str, deps: Deps, pf: int, extra: dict | None = None):
+    """IB or MorphNet (``bar_wrn_ib`` / ``bar_wrn_morphnet``) at V-factor ``pf`` in BAR's protocol: warm-started
+    from the teacher where the scale says so (as BAR), fine-tuned distilled from the teacher with BAR's T and
+    alpha (``stages.finetune.kd``), so that only the pruning method differs from BAR's runs."""
+    from ..methods import create
+
+    o = create("bar").options
+    kd = {"teacher": str(_teacher_weights(deps)), "temperature": o.kd_temperature, "alpha": o.kd_alpha}
+    over = deep_merge(PROGRESS, {"budget": {"metric": "volume", "factor": pf}, "stages": {"finetune": {"kd": kd}}})
+    return load_config(f"bar_wrn_{method}", scale, overrides=deep_merge(deep_merge(over, _warm(scale, deps)), extra or {}))
+
+
+def v_factor_of(rec: dict, spec) -> float:
+    """The V-factor (V0 / V, recounted) of a finished pipeline from its record's widths."""
+    return float(count(spec).volume) / float(count(spec, widths=rec["widths"]).volume)
+
+
+def next_kl_weight(history: list[tuple[float, float]], target: float, start: float, step: float = IB_STEP) -> float:
+    """The next ``kl_weight`` of IB's bisection (L30) from the probes so far, ``[(kl_weight, V-factor), ...]``:
+    ``start`` first; while every probe pruned less than ``target`` (more), the largest (smallest) weight times
+    (over) ``step``; once the target is bracketed, the geometric mean of the tightest bracket (a larger weight
+    prunes more)."""
+    if not history:
+        return float(start)
+    below = [w for w, f in history if f < target]
+    above = [w for w, f in history if f >= target]
+    if not above:
+        return float(max(below) * step)
+    if not below:
+        return float(min(above) / step)
+    hi = min(above)
+    lower = [w for w in below if w < hi]
+    if not lower:  # not monotone: every weight that pruned too little is larger than one that pruned enough
+        return float(hi / step)
+    return float(np.sqrt(max(lower) * hi))
+
+
+def best_probe(history: list[tuple[float, float]], target: float) -> float:
+    """The weight of the probe whose V-factor is nearest ``target`` in log scale (ties: the smaller weight)."""
+    return min(history, key=lambda h: (abs(np.log(h[1] / target)), h[0]))[0]
+
+
+def _ib_history(scale: str, deps: Deps, pf: int, upto: int) -> list[tuple[float, float]]:
+    cfg = teacher_config(scale)
+    spec = models.describe(models.create(cfg.model.name, **cfg.model.kwargs))
+    out = []
+    for j in range(upto):
+        w = _ib_weight(scale, deps, pf, j)
+        out.append((w, v_factor_of(deps.record(f"ib-v{pf}-probe{j}"), spec)))
+    return out
+
+
+def _ib_weight(scale: str, deps: Deps, pf: int, i: int) -> float:
+    """kl_weight of IB's probe ``i`` at V-factor ``pf`` (from the probes before it)."""
+    start = float(load_config("bar_wrn_ib", scale).method["kl_weight"])
+    return next_kl_weight(_ib_history(scale, deps, pf, i), pf, start)
+
+
+def ib_probe_config(scale: str, deps: Deps, pf: int, i: int):
+    """Probe ``i`` of IB's bisection at ``pf``: the learn stage and the hard prune only (no fine-tuning)."""
+    return budgetless_config("ib", scale, deps, pf, {"method": {"kl_weight": _ib_weight(scale, deps, pf, i)},
+                                                      "stages": {"finetune": {"enabled": False}}})
+
+
+def ib_final_config(scale: str, deps: Deps, pf: int):
+    """IB at ``pf`` with the probes' best kl_weight, fine-tuned (the row of the comparison)."""
+    history = _ib_history(scale, deps, pf, SETTINGS[scale]["ib_probes"])
+    return budgetless_config("ib", scale, deps, pf, {"method": {"kl_weight": best_probe(history, pf)}})
 
 
 def sensitivity_draws(scale: str) -> list[tuple]:
@@ -323,6 +398,28 @@ class BARStudy(Study):
                                    needs=("teacher",), part="baselines", label=f"{baseline_label(kind, kd)} baseline",
                                    summarize=baseline_record))
         subs += [bar(pf) for pf in rest]
+        if "morphnet" in parts:  # MorphNet reaches each budget by its own width expansion (L20)
+            for pf in SETTINGS[scale]["budgetless_factors"]:
+                subs.append(SubRun(f"morphnet-v{pf}", "pipeline",
+                                   lambda deps, pf=pf: budgetless_config("morphnet", scale, deps, pf),
+                                   needs=("teacher",), part="morphnet", label=f"MorphNet PF {pf}",
+                                   summarize=pipeline_record))
+        if "ib" in parts:  # IB has no budget: probes bisect kl_weight, then the best one is fine-tuned (L30)
+            from .runner import stage_epochs
+
+            n = SETTINGS[scale]["ib_probes"]
+            nowhere = Deps(Path("runs"), {})  # only for the epochs --plan shows before a probe's config exists
+            for pf in SETTINGS[scale]["budgetless_factors"]:
+                probes = tuple(f"ib-v{pf}-probe{i}" for i in range(n))
+                probe_epochs = stage_epochs(ib_probe_config(scale, nowhere, pf, 0), "pipeline")
+                for i in range(n):
+                    subs.append(SubRun(probes[i], "pipeline", lambda deps, pf=pf, i=i: ib_probe_config(scale, deps, pf, i),
+                                       needs=("teacher",) + probes[:i], inputs=("teacher",), part="ib",
+                                       label=f"IB PF {pf} probe {i + 1}/{n}", epochs=probe_epochs))
+                subs.append(SubRun(f"ib-v{pf}", "pipeline", lambda deps, pf=pf: ib_final_config(scale, deps, pf),
+                                   needs=("teacher",) + probes, inputs=("teacher",), part="ib", label=f"IB PF {pf}",
+                                   summarize=pipeline_record,
+                                   epochs=stage_epochs(budgetless_config("ib", scale, nowhere, pf), "pipeline")))
         if "flops" in parts:
             for ff in SETTINGS[scale]["flop_factors"]:
                 subs.append(SubRun(f"bar-f{ff}", "pipeline", lambda deps, ff=ff: bar_config(scale, deps, ff, metric="flops"),
@@ -361,6 +458,21 @@ class BARStudy(Study):
                     bar_runs.append(bar_row(rec, spec, {
                         "method": "BAR", "subrun": f"bar-v{pf}", "config_sha256": config_fingerprint(cfg), "pf": pf,
                         "budget": "volume", "hyperparameters": cfg.method}))
+        for method, label in (("morphnet", "MorphNet"), ("ib", "IB")):
+            if method not in parts:
+                continue
+            for pf in SETTINGS[scale]["budgetless_factors"]:
+                rec = records.get(f"{method}-v{pf}")
+                if rec is None:
+                    continue
+                row = bar_row(rec, spec, {"method": label, "subrun": f"{method}-v{pf}", "pf": pf, "kind": method,
+                                          "kd": True, "budget": "volume"})
+                if method == "ib":  # the bisection behind the row: every probe's weight and V-factor
+                    row["probes"] = [{"kl_weight": w, "v_factor": f} for w, f in _ib_history(
+                        scale, Deps(Path(out), records), pf, SETTINGS[scale]["ib_probes"])]
+                    row["hyperparameters"] = {"kl_weight": best_probe([(p["kl_weight"], p["v_factor"])
+                                                                        for p in row["probes"]], pf)}
+                baselines.append(row)
         if "flops" in parts:
             for ff in SETTINGS[scale]["flop_factors"]:
                 rec = records.get(f"bar-f{ff}")
@@ -409,5 +521,6 @@ def run(scale: str = "cpu", out=None, *, parts=None, quiet: bool = False, result
 
 __all__ = ["run", "BARStudy", "PARTS", "PRUNING_FACTORS", "SETTINGS", "SENSITIVITY", "SENSITIVITY_WIDTHS",
            "sample_hyperparameters", "config_fingerprint", "baseline_label", "baseline_subrun", "bar_config",
-           "baseline_config", "baseline_options", "sensitivity_draws", "FLOP_FACTORS", "teacher_record", "pipeline_record",
+           "baseline_config", "baseline_options", "sensitivity_draws", "FLOP_FACTORS", "budgetless_config",
+           "next_kl_weight", "best_probe", "ib_probe_config", "ib_final_config", "v_factor_of", "teacher_record", "pipeline_record",
            "baseline_record", "bar_row", "baseline_rows"]
